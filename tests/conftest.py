@@ -1,0 +1,20 @@
+"""Test settings shared by the whole suite: no network, no display, no user folders touched."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path_factory, monkeypatch):
+    """Each test gets its own per-user config and cache folders."""
+    base = tmp_path_factory.mktemp("userdirs")
+    monkeypatch.setenv("PATINA_CONFIG_DIR", str(base / "config"))
+    monkeypatch.setenv("PATINA_CACHE_DIR", str(base / "cache"))
