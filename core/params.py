@@ -1,0 +1,707 @@
+"""The one parameter schema.
+
+Every training parameter is declared here exactly once: key, type, default, allowed range or choices,
+label, one-line help, the page and section it belongs to, and when it is relevant. The GUI builds its
+pages from :data:`PARAMS`, JSON save/load and kohya_ss import/export use it, the CLI's
+``--set key=value`` parses through it, and validation lives here.
+
+Key names are kohya_ss's JSON keys wherever kohya_ss has the parameter (see
+../shared/reference/kohya-layout.md §2). Keys Patina adds are marked ``kohya=False``.
+
+Values are plain JSON types (int, float, bool, str). A *config* is a ``dict[str, value]`` holding every
+key of the schema.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+SCHEMA_VERSION = 1
+
+# Pages, in the order kohya shows them. Sections group fields inside a page.
+PAGES = (
+    ("model", "Model"),
+    ("folders", "Folders"),
+    ("metadata", "Metadata"),
+    ("basic", "Basic"),
+    ("advanced", "Advanced"),
+    ("samples", "Samples"),
+)
+
+FAMILIES = ("auto", "sd1", "sd2", "sdxl")
+FAMILY_LABELS = {"auto": "Detect from file", "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+
+LORA_TYPES = ("Standard", "Kohya LoCon")
+OPTIMIZERS = (
+    "AdamW", "AdamW8bit", "PagedAdamW8bit", "Adafactor", "SGDNesterov", "SGDNesterov8bit",
+    "Lion", "Lion8bit", "Prodigy", "DAdaptation", "DAdaptAdam",
+)
+LR_SCHEDULERS = (
+    "constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial", "adafactor",
+)
+SAMPLERS = (
+    "euler_a", "euler", "ddim", "pndm", "lms", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
+    "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a", "k_dpmsolver++",
+)
+SAMPLER_LABELS = {"k_dpmsolver++": "DPM++ 2M Karras", "dpmsolver++": "DPM++ 2M", "euler_a": "Euler a"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One training parameter.
+
+    ``type`` is one of: ``int``, ``float``, ``bool``, ``str`` (one line), ``text`` (multi-line),
+    ``choice`` (one of ``choices``; values may be str or int), ``path`` (``path_kind`` says
+    ``file``/``dir``), ``resolution`` (``"W,H"``).
+    """
+
+    key: str
+    type: str
+    default: Any
+    label: str
+    help: str
+    page: str
+    section: str = ""
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    choices: tuple = ()
+    path_kind: str = ""            # "file" | "dir" | "file_or_dir"
+    file_filter: str = ""          # e.g. "Models (*.safetensors *.ckpt)"
+    kohya: bool = True             # kohya_ss has this key in its LoRA JSON
+    preset: bool = True            # belongs in a preset (False: machine-specific paths, names)
+    visible_if: Callable[[Mapping[str, Any]], bool] | None = None
+    enabled_if: Callable[[Mapping[str, Any]], bool] | None = None
+    check: Callable[[Any], str | None] | None = None  # extra per-value check -> message or None
+
+    def is_visible(self, cfg: Mapping[str, Any]) -> bool:
+        return self.visible_if(cfg) if self.visible_if else True
+
+    def is_enabled(self, cfg: Mapping[str, Any]) -> bool:
+        return self.enabled_if(cfg) if self.enabled_if else True
+
+    def allowed(self) -> str:
+        """Plain words for what this parameter accepts (used in messages)."""
+        if self.type == "bool":
+            return "true or false"
+        if self.type == "choice":
+            return "one of " + ", ".join(repr(c) if isinstance(c, str) else str(c) for c in self.choices)
+        if self.type in ("int", "float"):
+            kind = "a whole number" if self.type == "int" else "a number"
+            if self.min is not None and self.max is not None:
+                return f"{kind} from {_num(self.min)} to {_num(self.max)}"
+            if self.min is not None:
+                return f"{kind} ≥ {_num(self.min)}"
+            return kind
+        if self.type == "resolution":
+            return 'a resolution "W,H" such as "512,512" (each 64–4096)'
+        if self.type == "path":
+            return "a path (text)"
+        return "text"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+# --- relevance helpers -------------------------------------------------------------------------
+
+def family_of(cfg: Mapping[str, Any]) -> str:
+    """The model family the config is for; ``auto`` uses the family detected by the caller (the GUI
+    stores it under ``_detected_family``) and stays ``auto`` if unknown."""
+    fam = cfg.get("model_family", "auto")
+    if fam == "auto":
+        return cfg.get("_detected_family") or "auto"
+    return fam
+
+
+def _is_sdxl(cfg):
+    return family_of(cfg) in ("sdxl", "auto")
+
+
+def _is_locon(cfg):
+    return cfg.get("LoRA_type") == "Kohya LoCon"
+
+
+def _has_warmup(cfg):
+    return cfg.get("lr_scheduler") not in ("constant", "adafactor")
+
+
+def _noise_original(cfg):
+    return cfg.get("noise_offset_type", "Original") == "Original"
+
+
+def _noise_multires(cfg):
+    return cfg.get("noise_offset_type") == "Multires"
+
+
+def _huber(cfg):
+    return cfg.get("loss_type") in ("huber", "smooth_l1")
+
+
+# --- per-value checks --------------------------------------------------------------------------
+
+_KV_RE = re.compile(r"^(\S+=\S+)( +\S+=\S+)*$")
+
+
+def _check_kv_args(value: str) -> str | None:
+    text = " ".join(value.split())
+    if text and not _KV_RE.match(text):
+        return 'must be space-separated key=value pairs, e.g. "relative_step=True scale_parameter=False"'
+    return None
+
+
+def parse_float_list(value: str) -> list[float]:
+    return [float(v) for v in value.replace(" ", "").split(",") if v != ""]
+
+
+def _check_float_list(value: str) -> str | None:
+    if not value.strip():
+        return None
+    try:
+        parse_float_list(value)
+    except ValueError:
+        return 'must be comma-separated numbers, e.g. "1,1,0.5"'
+    return None
+
+
+LR_WEIGHT_PRESETS = ("sine", "cosine", "linear", "reverse_linear", "zeros")
+
+
+def _check_lr_weights(value: str) -> str | None:
+    base = value.strip().split("+")[0].strip()
+    if base in LR_WEIGHT_PRESETS:
+        return None
+    return _check_float_list(value)
+
+
+def parse_resolution(value: str) -> tuple[int, int]:
+    """``"512,512"``, ``"768x512"`` or ``"512"`` → (width, height). Raises ValueError with a message."""
+    text = str(value).strip().lower().replace("x", ",").replace(" ", "")
+    parts = [p for p in text.split(",") if p]
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f'"{value}" is not a resolution; write it as "W,H", e.g. "512,512"') from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2:
+        raise ValueError(f'"{value}" is not a resolution; write it as "W,H", e.g. "512,512"')
+    w, h = nums
+    if not (64 <= w <= 4096 and 64 <= h <= 4096):
+        raise ValueError(f'resolution "{value}" is out of range; each side must be 64–4096')
+    return w, h
+
+
+# --- the schema ----------------------------------------------------------------------------------
+
+def P(key, type, default, label, help, page, section="", **kw) -> Param:  # noqa: N802 - table helper
+    return Param(key=key, type=type, default=default, label=label, help=help, page=page, section=section, **kw)
+
+
+PARAMS: tuple[Param, ...] = (
+    # ---- Model --------------------------------------------------------------------------------
+    P("pretrained_model_name_or_path", "path", "", "Pretrained model",
+      "Base model to train on: a .safetensors checkpoint (A1111/ComfyUI style) or a diffusers folder.",
+      "model", "Base model", path_kind="file_or_dir",
+      file_filter="Stable Diffusion models (*.safetensors *.ckpt *.pt)", preset=False),
+    P("model_family", "choice", "auto", "Model family",
+      "SD 1.x, SD 2.x or SDXL. 'Detect from file' reads it from the checkpoint; override only if detection is wrong.",
+      "model", "Base model", choices=FAMILIES, kohya=False),
+    P("v_parameterization", "bool", False, "V-parameterization",
+      "Tick for v-prediction models (SD 2.x 768-v and v-pred finetunes). Wrong setting gives noise or grey samples.",
+      "model", "Base model"),
+    P("train_data_dir", "path", "", "Image folder",
+      "The folder that CONTAINS your concept folders named like '10_sks dog' (not the concept folder itself).",
+      "model", "Dataset", path_kind="dir", preset=False),
+    P("output_name", "str", "my-lora", "Trained model output name",
+      "File name of the LoRA, without extension: <name>.safetensors, <name>-000001.safetensors per epoch.",
+      "model", "Output", preset=False,
+      check=lambda v: "must not be empty or contain / \\ : * ? \" < > |" if (not v.strip() or re.search(r'[/\\:*?"<>|]', v)) else None),
+    P("training_comment", "str", "", "Training comment",
+      "Free text stored in the LoRA file's metadata (e.g. trigger words).", "model", "Output"),
+    P("save_precision", "choice", "fp16", "Save precision",
+      "Precision of the saved LoRA weights. fp16 is what every UI expects; float doubles the file size.",
+      "model", "Output", choices=("fp16", "bf16", "float")),
+
+    # ---- Folders ------------------------------------------------------------------------------
+    P("output_dir", "path", "", "Output folder",
+      "Where the LoRA files, samples and training state are written.", "folders", "", path_kind="dir", preset=False),
+    P("reg_data_dir", "path", "", "Regularisation folder",
+      "Optional. Folder that contains regularisation concept folders named like '1_dog'.",
+      "folders", "", path_kind="dir", preset=False),
+    P("logging_dir", "path", "", "Logging folder",
+      "Optional. TensorBoard logs and a metrics.jsonl the app can re-read are written here.",
+      "folders", "", path_kind="dir", preset=False),
+
+    # ---- Metadata -----------------------------------------------------------------------------
+    P("metadata_title", "str", "", "Title", "Shown by UIs that read modelspec metadata (defaults to the output name).",
+      "metadata", "", preset=False),
+    P("metadata_author", "str", "", "Author", "Your name or handle.", "metadata", ""),
+    P("metadata_description", "text", "", "Description", "What the LoRA does and how to prompt it.", "metadata", "",
+      preset=False),
+    P("metadata_license", "str", "", "License", "E.g. CreativeML OpenRAIL-M.", "metadata", ""),
+    P("metadata_tags", "str", "", "Tags", "Comma-separated tags.", "metadata", "", preset=False),
+
+    # ---- Basic: network -----------------------------------------------------------------------
+    P("LoRA_type", "choice", "Standard", "LoRA type",
+      "Standard trains attention and projection layers. LoCon also trains the ResNet convolutions (more detail, bigger file).",
+      "basic", "Network", choices=LORA_TYPES),
+    P("network_dim", "int", 8, "Network rank (dimension)",
+      "Size of the LoRA. 8–32 suits most characters and styles; rank 16 ≈ 18 MB for SD 1.5.",
+      "basic", "Network", min=1, max=512, step=1),
+    P("network_alpha", "float", 1.0, "Network alpha",
+      "Scales the LoRA by alpha/rank. Lower alpha needs a higher learning rate. Common: 1, or half the rank.",
+      "basic", "Network", min=0.00001, max=1024, step=1),
+    P("conv_dim", "int", 1, "Convolution rank (dimension)", "Rank of the LoCon convolution layers.",
+      "basic", "Network", min=1, max=512, step=1, visible_if=_is_locon),
+    P("conv_alpha", "float", 1.0, "Convolution alpha", "Alpha of the LoCon convolution layers.",
+      "basic", "Network", min=0.00001, max=512, step=1, visible_if=_is_locon),
+    P("network_dropout", "float", 0.0, "Network dropout", "Dropout inside the LoRA layers (0.1–0.5 to fight overfitting).",
+      "basic", "Network", min=0, max=1, step=0.01),
+    P("scale_weight_norms", "float", 0.0, "Scale weight norms",
+      "Caps the norm of each LoRA module after every step (1 is a common value; 0 = off). Helps the LoRA combine with others.",
+      "basic", "Network", min=0, max=10, step=0.01),
+    P("network_weights", "path", "", "Network weights",
+      "Optional. Continue training from an existing LoRA file.", "basic", "Network", path_kind="file",
+      file_filter="LoRA files (*.safetensors)", preset=False),
+    P("dim_from_weights", "bool", False, "Rank from weights",
+      "Take the rank from the network weights file instead of the rank field.", "basic", "Network"),
+
+    # ---- Basic: learning rate -------------------------------------------------------------------
+    P("learning_rate", "float", 0.0001, "Learning rate",
+      "Base learning rate for the optimizer (adaptive optimizers such as Prodigy expect 1.0).",
+      "basic", "Learning rate", min=0, max=10, step=0.00001),
+    P("unet_lr", "float", 0.0001, "UNet learning rate", "Learning rate of the UNet LoRA. 0 = do not train the UNet.",
+      "basic", "Learning rate", min=0, max=10, step=0.00001),
+    P("text_encoder_lr", "float", 0.0001, "Text encoder learning rate",
+      "Learning rate of the text encoder LoRA. 0 = UNet only (smaller file, often enough for styles).",
+      "basic", "Learning rate", min=0, max=10, step=0.00001),
+    P("loraplus_lr_ratio", "float", 0.0, "LoRA+ ratio",
+      "LoRA+: the 'up' weights learn this many times faster (16 is a common start; 0 = off).",
+      "basic", "Learning rate", min=0, max=128, step=1),
+    P("loraplus_unet_lr_ratio", "float", 0.0, "LoRA+ UNet ratio", "LoRA+ ratio for the UNet only (0 = use LoRA+ ratio).",
+      "basic", "Learning rate", min=0, max=128, step=1),
+    P("loraplus_text_encoder_lr_ratio", "float", 0.0, "LoRA+ text encoder ratio",
+      "LoRA+ ratio for the text encoder only (0 = use LoRA+ ratio).", "basic", "Learning rate", min=0, max=128, step=1),
+    P("lr_scheduler", "choice", "cosine", "LR scheduler", "How the learning rate changes over the run.",
+      "basic", "Learning rate", choices=LR_SCHEDULERS),
+    P("lr_warmup", "int", 10, "LR warmup (% of steps)", "Ramp the learning rate up over this share of the run.",
+      "basic", "Learning rate", min=0, max=100, step=1, enabled_if=_has_warmup),
+    P("lr_warmup_steps", "int", 0, "LR warmup steps", "Warmup in steps; wins over the percentage when above 0.",
+      "basic", "Learning rate", min=0, max=1_000_000, step=1, enabled_if=_has_warmup),
+    P("lr_scheduler_num_cycles", "int", 1, "LR cycles", "Number of restarts for cosine_with_restarts.",
+      "basic", "Learning rate", min=1, max=1000, step=1,
+      visible_if=lambda c: c.get("lr_scheduler") == "cosine_with_restarts"),
+    P("lr_scheduler_power", "float", 1.0, "LR power", "Power of the polynomial decay.",
+      "basic", "Learning rate", min=0, max=100, step=0.1, visible_if=lambda c: c.get("lr_scheduler") == "polynomial"),
+    P("lr_scheduler_args", "str", "", "LR scheduler extra arguments", "key=value pairs passed to the scheduler.",
+      "basic", "Learning rate", check=_check_kv_args),
+
+    # ---- Basic: optimizer ---------------------------------------------------------------------
+    P("optimizer", "choice", "AdamW8bit", "Optimizer",
+      "AdamW8bit saves memory (needs bitsandbytes and an NVIDIA GPU); AdamW works everywhere; Prodigy/DAdaptation pick the LR themselves.",
+      "basic", "Optimizer", choices=OPTIMIZERS),
+    P("optimizer_args", "str", "", "Optimizer extra arguments",
+      'key=value pairs, e.g. "weight_decay=0.01 betas=0.9,0.99".', "basic", "Optimizer", check=_check_kv_args),
+    P("max_grad_norm", "float", 1.0, "Max grad norm", "Clip gradients to this norm (0 = off).",
+      "basic", "Optimizer", min=0, max=1000, step=0.1),
+
+    # ---- Basic: training length ---------------------------------------------------------------
+    P("train_batch_size", "int", 1, "Train batch size", "Images per step. Higher is faster per image but needs more VRAM.",
+      "basic", "Training length", min=1, max=64, step=1),
+    P("epoch", "int", 1, "Epochs", "Passes over the dataset (each image × its repeats).",
+      "basic", "Training length", min=1, max=10000, step=1),
+    P("max_train_epochs", "int", 0, "Max train epochs", "Overrides Epochs and Max train steps when above 0.",
+      "basic", "Training length", min=0, max=10000, step=1),
+    P("max_train_steps", "int", 0, "Max train steps",
+      "Stop after this many steps (0 = computed from epochs). Ignored when Max train epochs is set.",
+      "basic", "Training length", min=0, max=10_000_000, step=1),
+    P("save_every_n_epochs", "int", 1, "Save every N epochs", "Write <name>-<epoch>.safetensors every N epochs (0 = only at the end).",
+      "basic", "Training length", min=0, max=10000, step=1),
+    P("seed", "int", 0, "Seed", "Same seed + same settings = same result. 0 picks a random seed (saved in the file).",
+      "basic", "Training length", min=0, max=2**32 - 1, step=1),
+
+    # ---- Basic: data ----------------------------------------------------------------------------
+    P("caption_extension", "choice", ".txt", "Caption file extension",
+      "Captions are read from <image name><extension> next to each image.",
+      "basic", "Data", choices=(".txt", ".caption", ".cap")),
+    P("max_resolution", "resolution", "512,512", "Max resolution",
+      "Training resolution W,H: 512,512 for SD 1.5, 768,768 for SD 2.x-768, 1024,1024 for SDXL.", "basic", "Data"),
+    P("enable_bucket", "bool", True, "Enable buckets",
+      "Train each image at the aspect ratio closest to its own instead of cropping everything square.", "basic", "Data"),
+    P("min_bucket_reso", "int", 256, "Minimum bucket resolution", "Smallest side a bucket may have.",
+      "basic", "Data", min=64, max=4096, step=64, enabled_if=lambda c: bool(c.get("enable_bucket"))),
+    P("max_bucket_reso", "int", 2048, "Maximum bucket resolution", "Largest side a bucket may have.",
+      "basic", "Data", min=64, max=4096, step=64, enabled_if=lambda c: bool(c.get("enable_bucket"))),
+    P("cache_latents", "bool", True, "Cache latents",
+      "Encode every image once with the VAE before training; faster and frees the VAE from VRAM.", "basic", "Data"),
+    P("cache_latents_to_disk", "bool", False, "Cache latents to disk",
+      "Keep the cache on disk next to the images so the next run starts faster (the images are never changed).",
+      "basic", "Data", enabled_if=lambda c: bool(c.get("cache_latents"))),
+
+    # ---- Basic: precision / SDXL --------------------------------------------------------------
+    P("mixed_precision", "choice", "fp16", "Mixed precision",
+      "fp16 for GeForce 10/20 series, bf16 for RTX 30/40/50; 'no' trains in full precision (slow, for CPU).",
+      "basic", "Precision", choices=("no", "fp16", "bf16")),
+    P("sdxl_no_half_vae", "bool", False, "No half VAE (SDXL)",
+      "Run the SDXL VAE in full precision; avoids NaN latents and black samples with the original SDXL VAE.",
+      "basic", "Precision", visible_if=_is_sdxl),
+
+    # ---- Advanced: memory & speed ---------------------------------------------------------------
+    P("gradient_checkpointing", "bool", False, "Gradient checkpointing",
+      "Saves a lot of VRAM for about 20–30% more time per step. Turn on for SDXL on 12 GB or less.",
+      "advanced", "Memory and speed"),
+    P("gradient_accumulation_steps", "int", 1, "Gradient accumulation steps",
+      "Add up gradients over N steps before updating: a bigger effective batch without more VRAM.",
+      "advanced", "Memory and speed", min=1, max=120, step=1),
+    P("xformers", "choice", "sdpa", "Cross attention",
+      "sdpa is PyTorch's built-in memory-efficient attention; xformers needs the xformers package.",
+      "advanced", "Memory and speed", choices=("sdpa", "xformers", "none")),
+    P("vae", "path", "", "VAE", "Optional separate VAE file used for caching latents and samples.",
+      "advanced", "Memory and speed", path_kind="file", file_filter="VAE files (*.safetensors *.pt *.ckpt)", preset=False),
+    P("vae_batch_size", "int", 0, "VAE batch size", "Images encoded at once while caching latents (0 = one batch).",
+      "advanced", "Memory and speed", min=0, max=32, step=1),
+    P("max_data_loader_n_workers", "int", 0, "Data loader workers", "Background processes that load images (0 = main process).",
+      "advanced", "Memory and speed", min=0, max=64, step=1),
+    P("persistent_data_loader_workers", "bool", False, "Persistent data loader workers",
+      "Keep the loader processes alive between epochs.", "advanced", "Memory and speed"),
+
+    # ---- Advanced: captions ---------------------------------------------------------------------
+    P("shuffle_caption", "bool", False, "Shuffle caption", "Shuffle comma-separated tags every step.",
+      "advanced", "Captions"),
+    P("keep_tokens", "int", 0, "Keep n tokens", "The first N comma-separated tags stay in place when shuffling or dropping.",
+      "advanced", "Captions", min=0, max=32, step=1),
+    P("caption_dropout_rate", "float", 0.0, "Caption dropout rate", "Share of steps trained with an empty caption.",
+      "advanced", "Captions", min=0, max=1, step=0.01),
+    P("caption_dropout_every_n_epochs", "int", 0, "Drop captions every N epochs",
+      "Train every Nth epoch without captions (0 = never).", "advanced", "Captions", min=0, max=10000, step=1),
+    P("caption_tag_dropout_rate", "float", 0.0, "Tag dropout rate",
+      "Chance of dropping each (non-kept) tag at each step.", "advanced", "Captions", min=0, max=1, step=0.01),
+    P("clip_skip", "int", 1, "Clip skip", "Use the output of the Nth-last text encoder layer (2 for anime models).",
+      "advanced", "Captions", min=1, max=12, step=1),
+    P("max_token_length", "choice", 75, "Max token length", "Longer captions are cut at this many tokens.",
+      "advanced", "Captions", choices=(75, 150, 225)),
+
+    # ---- Advanced: augmentation & buckets -------------------------------------------------------
+    P("flip_aug", "bool", False, "Flip augmentation", "Also train on mirrored images (not for asymmetric subjects or text).",
+      "advanced", "Augmentation and buckets"),
+    P("color_aug", "bool", False, "Color augmentation",
+      "Randomly shift hue and saturation. Latents cannot be cached with it (caching is skipped).",
+      "advanced", "Augmentation and buckets"),
+    P("random_crop", "bool", False, "Random crop", "Crop at a random position instead of the centre (caching is skipped).",
+      "advanced", "Augmentation and buckets"),
+    P("bucket_no_upscale", "bool", True, "Don't upscale bucket resolution",
+      "Small images get a smaller bucket instead of being enlarged.", "advanced", "Augmentation and buckets"),
+    P("bucket_reso_steps", "int", 64, "Bucket resolution steps", "Bucket sides are multiples of this.",
+      "advanced", "Augmentation and buckets", min=8, max=128, step=8),
+
+    # ---- Advanced: loss -------------------------------------------------------------------------
+    P("prior_loss_weight", "float", 1.0, "Prior loss weight", "Weight of the regularisation images' loss.",
+      "advanced", "Loss", min=0, max=10, step=0.1),
+    P("min_snr_gamma", "float", 0.0, "Min SNR gamma", "Balances the loss over noise levels; 5 is a good value (0 = off).",
+      "advanced", "Loss", min=0, max=20, step=1),
+    P("debiased_estimation_loss", "bool", False, "Debiased estimation loss",
+      "Weight the loss by 1/sqrt(SNR). Do not combine with Min SNR gamma.", "advanced", "Loss"),
+    P("scale_v_pred_loss_like_noise_pred", "bool", False, "Scale v-prediction loss",
+      "Scale the v-prediction loss like noise prediction (v-prediction models only).", "advanced", "Loss",
+      visible_if=lambda c: bool(c.get("v_parameterization"))),
+    P("v_pred_like_loss", "float", 0.0, "V-pred-like loss", "Adds a v-prediction-like loss term (0.5 suggested; 0 = off).",
+      "advanced", "Loss", min=0, max=1, step=0.01),
+    P("loss_type", "choice", "l2", "Loss type", "l2 is the standard; huber/smooth_l1 are more robust to outliers.",
+      "advanced", "Loss", choices=("l2", "l1", "huber", "smooth_l1")),
+    P("huber_schedule", "choice", "snr", "Huber schedule", "How the Huber parameter changes with the timestep.",
+      "advanced", "Loss", choices=("snr", "exponential", "constant"), visible_if=_huber),
+    P("huber_c", "float", 0.1, "Huber C", "Huber loss parameter.", "advanced", "Loss", min=0, max=1, step=0.01,
+      visible_if=_huber),
+    P("huber_scale", "float", 1.0, "Huber scale", "Huber loss scale.", "advanced", "Loss", min=0, max=10, step=0.1,
+      visible_if=_huber),
+
+    # ---- Advanced: noise & timesteps ------------------------------------------------------------
+    P("noise_offset_type", "choice", "Original", "Noise offset type", "Original offset or multi-resolution noise.",
+      "advanced", "Noise", choices=("Original", "Multires")),
+    P("noise_offset", "float", 0.0, "Noise offset", "Helps very dark/bright images (0.05–0.1; 0 = off).",
+      "advanced", "Noise", min=0, max=1, step=0.01, visible_if=_noise_original),
+    P("noise_offset_random_strength", "bool", False, "Random noise offset strength",
+      "Use a random offset between 0 and the noise offset.", "advanced", "Noise", visible_if=_noise_original),
+    P("adaptive_noise_scale", "float", 0.0, "Adaptive noise scale", "Adds the latent mean × this to the noise offset.",
+      "advanced", "Noise", min=-1, max=1, step=0.001, visible_if=_noise_original),
+    P("multires_noise_iterations", "int", 0, "Multires noise iterations", "6–10 is typical (0 = off).",
+      "advanced", "Noise", min=0, max=64, step=1, visible_if=_noise_multires),
+    P("multires_noise_discount", "float", 0.3, "Multires noise discount", "0.1–0.3 for small datasets.",
+      "advanced", "Noise", min=0, max=1, step=0.01, visible_if=_noise_multires),
+    P("ip_noise_gamma", "float", 0.0, "Input perturbation noise gamma", "About 0.1 (0 = off).",
+      "advanced", "Noise", min=0, max=1, step=0.01),
+    P("ip_noise_gamma_random_strength", "bool", False, "Random IP noise strength",
+      "Use a random strength between 0 and the gamma.", "advanced", "Noise"),
+    P("min_timestep", "int", 0, "Min timestep", "Lowest noise timestep trained.", "advanced", "Noise",
+      min=0, max=1000, step=1),
+    P("max_timestep", "int", 1000, "Max timestep", "Highest noise timestep trained (exclusive).", "advanced", "Noise",
+      min=1, max=1000, step=1),
+
+    # ---- Advanced: saving -----------------------------------------------------------------------
+    P("save_every_n_steps", "int", 0, "Save every N steps", "Also write <name>-step<N>.safetensors every N steps (0 = off).",
+      "advanced", "Saving", min=0, max=10_000_000, step=1),
+    P("save_last_n_steps", "int", 0, "Keep last N steps", "Delete step checkpoints older than N steps (0 = keep all).",
+      "advanced", "Saving", min=0, max=10_000_000, step=1),
+    P("save_last_n_steps_state", "int", 0, "Keep last N steps (state)", "Same for saved training states.",
+      "advanced", "Saving", min=0, max=10_000_000, step=1),
+    P("save_last_n_epochs", "int", 0, "Keep last N epochs", "Keep only the newest N epoch checkpoints (0 = keep all).",
+      "advanced", "Saving", min=0, max=10000, step=1),
+    P("save_last_n_epochs_state", "int", 0, "Keep last N epochs (state)", "Same for saved training states.",
+      "advanced", "Saving", min=0, max=10000, step=1),
+    P("save_state", "bool", False, "Save training state",
+      "Write a resumable <name>-state folder (optimizer, scheduler, RNG) with each checkpoint.", "advanced", "Saving"),
+    P("save_state_on_train_end", "bool", False, "Save training state at the end",
+      "Write <name>-state when training ends so it can be continued later.", "advanced", "Saving"),
+    P("resume", "path", "", "Resume from state", "A <name>-state folder to continue from.", "advanced", "Saving",
+      path_kind="dir", preset=False),
+
+    # ---- Advanced: block weights ----------------------------------------------------------------
+    P("down_lr_weight", "str", "", "Down LR weights",
+      "LR multipliers for the UNet down blocks, one per block (12 for SD 1.x/2.x), or sine/cosine/linear/reverse_linear/zeros.",
+      "advanced", "Block weights", check=_check_lr_weights),
+    P("mid_lr_weight", "str", "", "Mid LR weight", "LR multiplier for the UNet middle block, e.g. 0.5.",
+      "advanced", "Block weights", check=_check_float_list),
+    P("up_lr_weight", "str", "", "Up LR weights", "LR multipliers for the UNet up blocks (same count as down).",
+      "advanced", "Block weights", check=_check_lr_weights),
+    P("block_lr_zero_threshold", "float", 0.0, "Block LR zero threshold",
+      "Blocks whose LR weight is at or below this get no LoRA modules.", "advanced", "Block weights",
+      min=0, max=1, step=0.01),
+    P("block_dims", "str", "", "Block dims", "Rank per block: 25 numbers for SD 1.x/2.x, 23 for SDXL.",
+      "advanced", "Block weights", check=_check_float_list),
+    P("block_alphas", "str", "", "Block alphas", "Alpha per block, same count as block dims.",
+      "advanced", "Block weights", check=_check_float_list),
+    P("conv_block_dims", "str", "", "Conv block dims", "LoCon rank per block, same count as block dims.",
+      "advanced", "Block weights", check=_check_float_list, visible_if=_is_locon),
+    P("conv_block_alphas", "str", "", "Conv block alphas", "LoCon alpha per block.",
+      "advanced", "Block weights", check=_check_float_list, visible_if=_is_locon),
+
+    # ---- Samples --------------------------------------------------------------------------------
+    P("sample_every_n_steps", "int", 0, "Sample every N steps", "Generate the sample prompts every N steps (0 = off).",
+      "samples", "", min=0, max=10_000_000, step=1),
+    P("sample_every_n_epochs", "int", 0, "Sample every N epochs",
+      "Generate the sample prompts every N epochs (0 = off). Both settings are honoured together.",
+      "samples", "", min=0, max=10000, step=1),
+    P("sample_at_first", "bool", False, "Sample before training", "Generate samples before the first step, as a baseline.",
+      "samples", "", kohya=False),
+    P("sample_sampler", "choice", "euler_a", "Sampler", "Sampler used for the samples (a prompt can override it with --ss).",
+      "samples", "", choices=SAMPLERS),
+    P("sample_prompts", "text", "", "Sample prompts",
+      "One prompt per line. Options: --n negative --w width --h height --d seed --s steps --l CFG scale.",
+      "samples", "", preset=False),
+)
+
+BY_KEY: dict[str, Param] = {p.key: p for p in PARAMS}
+assert len(BY_KEY) == len(PARAMS), "duplicate parameter key"
+
+
+def defaults() -> dict[str, Any]:
+    """A fresh config holding every parameter's default."""
+    return {p.key: p.default for p in PARAMS}
+
+
+def params_on_page(page: str) -> list[Param]:
+    return [p for p in PARAMS if p.page == page]
+
+
+def sections(page: str) -> list[tuple[str, list[Param]]]:
+    """The page's parameters grouped by section, in declaration order."""
+    out: dict[str, list[Param]] = {}
+    for p in params_on_page(page):
+        out.setdefault(p.section, []).append(p)
+    return list(out.items())
+
+
+# --- value coercion and validation ----------------------------------------------------------------
+
+@dataclass
+class Problem:
+    """One problem with one field (or with the combination of fields, then ``key`` names the first)."""
+
+    key: str
+    message: str
+    value: Any = None
+    severity: str = "error"  # "error" | "warning"
+
+    def __str__(self) -> str:
+        where = f"{self.key}"
+        if self.value is not None and self.value != "":
+            where += f" = {self.value!r}"
+        return f"{where}: {self.message}"
+
+
+class ValueProblem(ValueError):
+    pass
+
+
+def coerce(param: Param, value: Any) -> Any:
+    """Check *value* (a JSON value) against *param* and return it in canonical form.
+
+    Raises :class:`ValueProblem` with a message saying what is allowed. Strict about types: a string
+    is not a number here (the kohya importer and :func:`parse_text` convert text first)."""
+    t = param.type
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ValueProblem(f"must be {param.allowed()}")
+    if t in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueProblem(f"must be {param.allowed()}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueProblem(f"must be {param.allowed()}")
+        if t == "int":
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueProblem(f"must be {param.allowed()}")
+                value = int(value)
+        else:
+            value = float(value)
+        if (param.min is not None and value < param.min) or (param.max is not None and value > param.max):
+            raise ValueProblem(f"is out of range; must be {param.allowed()}")
+        return value
+    if t == "choice":
+        for c in param.choices:
+            if value == c and type(value) is type(c):
+                return c
+        # tolerate 150 vs "150" and case differences for string choices
+        for c in param.choices:
+            if isinstance(c, int) and isinstance(value, str) and value.strip() == str(c):
+                return c
+            if isinstance(c, str) and isinstance(value, str) and value.strip().lower() == c.lower():
+                return c
+        raise ValueProblem(f"must be {param.allowed()}")
+    if t in ("str", "text", "path"):
+        if not isinstance(value, str):
+            raise ValueProblem("must be text")
+        value = value if t == "text" else value.strip()
+    elif t == "resolution":
+        if not isinstance(value, str):
+            raise ValueProblem(f"must be {param.allowed()}")
+        try:
+            w, h = parse_resolution(value)
+        except ValueError as exc:
+            raise ValueProblem(str(exc)) from None
+        value = f"{w},{h}"
+    else:  # pragma: no cover - schema error
+        raise AssertionError(f"unknown type {t}")
+    if param.check:
+        msg = param.check(value)
+        if msg:
+            raise ValueProblem(msg)
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n", ""}
+
+
+def parse_text(param: Param, text: str) -> Any:
+    """Convert text typed by a person (``--set key=value``, a kohya string number) into a value of
+    the parameter's type, then :func:`coerce` it."""
+    s = text.strip()
+    t = param.type
+    if t == "bool":
+        if s.lower() in _TRUE:
+            return True
+        if s.lower() in _FALSE:
+            return False
+        raise ValueProblem(f"must be {param.allowed()}")
+    if t in ("int", "float"):
+        try:
+            num = float(s)
+        except ValueError:
+            raise ValueProblem(f"must be {param.allowed()}") from None
+        if t == "int":
+            if not num.is_integer():
+                raise ValueProblem(f"must be {param.allowed()}")
+            return coerce(param, int(num))
+        return coerce(param, num)
+    if t == "choice" and param.choices and isinstance(param.choices[0], int):
+        try:
+            return coerce(param, int(s))
+        except ValueError:
+            raise ValueProblem(f"must be {param.allowed()}") from None
+    return coerce(param, text if t == "text" else s)
+
+
+def check_values(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+    """Coerce every known key of *values* over the defaults.
+
+    Returns the complete config (invalid fields keep their default) and the list of problems,
+    field problems first, then cross-field problems. Unknown keys are ignored here (callers report
+    them)."""
+    cfg = defaults()
+    problems: list[Problem] = []
+    for key, raw in values.items():
+        param = BY_KEY.get(key)
+        if param is None:
+            continue
+        try:
+            cfg[key] = coerce(param, raw)
+        except ValueProblem as exc:
+            problems.append(Problem(key, str(exc), raw))
+    problems.extend(cross_check(cfg))
+    return cfg, problems
+
+
+def cross_check(cfg: Mapping[str, Any]) -> list[Problem]:
+    """Problems that involve more than one field."""
+    out: list[Problem] = []
+    if cfg["unet_lr"] == 0 and cfg["text_encoder_lr"] == 0:
+        out.append(Problem("unet_lr", "nothing to train: both the UNet and the text encoder learning rates are 0; "
+                           "set at least one above 0"))
+    if cfg["min_bucket_reso"] > cfg["max_bucket_reso"]:
+        out.append(Problem("min_bucket_reso", f"is larger than max_bucket_reso ({cfg['max_bucket_reso']})",
+                           cfg["min_bucket_reso"]))
+    if cfg["min_timestep"] >= cfg["max_timestep"]:
+        out.append(Problem("min_timestep", f"must be below max_timestep ({cfg['max_timestep']})", cfg["min_timestep"]))
+    if cfg["min_snr_gamma"] > 0 and cfg["debiased_estimation_loss"]:
+        out.append(Problem("debiased_estimation_loss", "do not combine with min_snr_gamma; use one of the two",
+                           True, "warning"))
+    if cfg["cache_latents"] and (cfg["color_aug"] or cfg["random_crop"]):
+        which = "color_aug" if cfg["color_aug"] else "random_crop"
+        out.append(Problem(which, "changes the image every step, so latents will not be cached (slower)", True,
+                           "warning"))
+    if cfg["model_family"] == "sdxl" and cfg["v_parameterization"]:
+        pass  # v-pred SDXL finetunes exist; allowed
+    if cfg["mixed_precision"] == "fp16" and cfg["model_family"] == "sdxl" and not cfg["sdxl_no_half_vae"]:
+        out.append(Problem("sdxl_no_half_vae", "the original SDXL VAE produces NaNs in fp16; tick 'No half VAE' "
+                           "unless your model ships the fp16-fixed VAE", False, "warning"))
+    return out
+
+
+def errors(problems: Iterable[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity == "error"]
+
+
+def non_default(cfg: Mapping[str, Any], *, preset_only: bool = False) -> dict[str, Any]:
+    """The keys whose value differs from the default (optionally only keys that belong in presets)."""
+    out = {}
+    for p in PARAMS:
+        if preset_only and not p.preset:
+            continue
+        if p.key in cfg and cfg[p.key] != p.default:
+            out[p.key] = cfg[p.key]
+    return out
+
+
+@dataclass
+class TrainingLR:
+    """Which parts train, following kohya: a learning rate of 0 means that part is not trained."""
+
+    unet: float
+    text_encoder: float
+    train_unet: bool = field(init=False)
+    train_text_encoder: bool = field(init=False)
+
+    def __post_init__(self):
+        self.train_unet = self.unet > 0
+        self.train_text_encoder = self.text_encoder > 0
+
+
+def training_lrs(cfg: Mapping[str, Any]) -> TrainingLR:
+    return TrainingLR(unet=float(cfg["unet_lr"]), text_encoder=float(cfg["text_encoder_lr"]))
