@@ -1,0 +1,120 @@
+"""core.dataset.summary: step math with kohya precedence and reg doubling, buckets, captions, text output."""
+
+import pytest
+
+import imagefactory as factory
+from core.dataset.folders import scan_dataset
+from core.dataset.summary import format_summary, steps_per_epoch, summarize, total_steps
+from core.errors import PatinaError
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    img = tmp_path / "img"
+    factory.concept(img, "10_sks dog", count=3, size=(64, 64), captions={0: "sks dog, grass", 1: "sks dog, sofa"})
+    factory.concept(img, "5_cat", count=2, size=(96, 64))
+    return img
+
+
+def test_steps_per_epoch_formula():
+    assert steps_per_epoch(40, batch_size=4, grad_accum=3) == 4     # ceil(ceil(40/4)/3)
+    assert steps_per_epoch(41, batch_size=4, grad_accum=1) == 11
+    assert steps_per_epoch(40, batch_size=4, grad_accum=3, reg_factor=2) == 7  # ceil(20/3)
+    assert steps_per_epoch(1, 1, 1) == 1
+
+
+def test_total_steps_precedence():
+    assert total_steps(4, epochs=5) == (20, 5, "5 epoch(s) × 4 steps per epoch")
+    steps, epochs, rule = total_steps(4, epochs=5, max_train_steps=7)
+    assert (steps, epochs) == (7, 2) and "max train steps" in rule
+    steps, epochs, rule = total_steps(4, epochs=5, max_train_steps=7, max_train_epochs=3)
+    assert (steps, epochs) == (12, 3) and "max train epochs" in rule
+
+
+def test_summary_step_math(dataset):
+    s = summarize(scan_dataset(dataset), batch_size=4, grad_accum=3, epochs=5)
+    assert s.samples_per_epoch == 3 * 10 + 2 * 5 == 40
+    assert s.steps_per_epoch == 4 and s.total_steps == 20 and s.epochs == 5
+    assert [(f.name, f.images, f.repeats, f.samples) for f in s.folders] == [("10_sks dog", 3, 10, 30),
+                                                                             ("5_cat", 2, 5, 10)]
+    s = summarize(scan_dataset(dataset), batch_size=4, grad_accum=3, epochs=5, max_train_steps=1600)
+    assert s.total_steps == 1600 and s.epochs == 400
+    s = summarize(scan_dataset(dataset), batch_size=4, grad_accum=3, epochs=5, max_train_steps=1600,
+                  max_train_epochs=2)
+    assert s.total_steps == 8 and s.epochs == 2
+
+
+def test_summary_reg_doubles_steps(dataset, tmp_path):
+    factory.concept(tmp_path / "reg", "1_dog", count=100, size=(64, 64))
+    s = summarize(scan_dataset(dataset, tmp_path / "reg"), batch_size=4, grad_accum=3, epochs=5)
+    assert (s.reg_samples_available, s.reg_samples_used, s.reg_factor) == (100, 40, 2)
+    assert s.total_samples_per_epoch == 80
+    assert s.steps_per_epoch == 7 and s.total_steps == 35
+    assert any("only 40 of 100 regularisation samples" in w for w in s.warnings)
+    assert s.reg_buckets == {(64, 64): 100}
+    text = format_summary(s)
+    assert "reg 1_dog" in text and "steps × 2" in text
+
+
+def test_summary_buckets_and_small_bucket_warning(dataset):
+    # No upscaling: each image gets its own size rounded down to the step (96x64 -> 64x64 with step 64).
+    s = summarize(scan_dataset(dataset), batch_size=3, resolution="512,512", min_bucket_reso=64)
+    assert s.buckets == {(64, 64): 5}
+    assert s.bucket_warnings == [] and s.too_small == []
+    s = summarize(scan_dataset(dataset), batch_size=4, min_bucket_reso=64, bucket_reso_steps=32)
+    assert s.buckets == {(64, 64): 3, (96, 64): 2}
+    assert len(s.bucket_warnings) == 2
+    assert any("96x64 holds 2 image(s), fewer than the batch size 4" in w for w in s.bucket_warnings)
+    assert "Warnings (2):" in format_summary(s)
+
+
+def test_summary_upscale_and_buckets_off(dataset):
+    s = summarize(scan_dataset(dataset), bucket_no_upscale=False, min_bucket_reso=256)
+    assert s.buckets == {(640, 384): 2, (512, 512): 3}  # 3:2 is nearest 640x384 (5:3)
+    assert any("5 image(s) have a side under 256 px and will be enlarged" in w for w in s.warnings)
+    s = summarize(scan_dataset(dataset), enable_bucket=False, resolution="512")
+    assert s.buckets == {(512, 512): 5}
+    assert any("buckets are off: 2 image(s)" in w for w in s.warnings)
+
+
+def test_summary_captions_skipped_and_problems(dataset):
+    factory.zero_byte(dataset / "5_cat" / "empty.png")
+    (dataset / "10_sks dog" / "img2.txt").write_bytes("sks dog, café".encode("latin-1"))
+    factory.save(dataset / "10_sks dog" / "png.jpg", (64, 64), format="PNG")
+    factory.concept(dataset, "norepeats", count=1)
+    s = summarize(scan_dataset(dataset))
+    assert (s.captions_from_file, s.captions_from_folder) == (3, 3)
+    assert s.top_tags[0] == ("sks dog", 4)
+    assert ("cat", 2) in s.top_tags and ("café", 1) in s.top_tags
+    assert [f.path.name for f in s.skipped] == ["empty.png"]
+    assert len(s.caption_warnings) == 1 and "img2.txt" in s.caption_warnings[0]
+    assert any("png.jpg: is really a PNG file" in w for w in s.warnings)
+    assert any("`norepeats`" in p for p in s.folder_problems)
+    text = format_summary(s)
+    for needle in ("Skipped files (1):", "empty.png: file is empty (0 bytes)", "Folder problems (1):",
+                   "Caption warnings (1):", "Top tags: sks dog (4)", "3 from caption files, 3 from folder names"):
+        assert needle in text, needle
+
+
+def test_format_summary_table_is_aligned(dataset):
+    text = format_summary(summarize(scan_dataset(dataset), batch_size=2, epochs=3))
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.strip().startswith("Folder"))
+    table = lines[header:header + 3]
+    assert table[1].lstrip().startswith("10_sks dog") and table[2].lstrip().startswith("5_cat")
+    # right-aligned number columns end at the same place as their headings
+    for heading in ("Images", "Repeats", "Samples/epoch"):
+        end = table[0].index(heading) + len(heading)
+        assert table[1][end - 1].isdigit() and table[2][end - 1].isdigit()
+        assert table[1][end:end + 1] in ("", " ")
+    assert "Samples per epoch: 40" in text
+    assert "Steps per epoch:   20" in text
+    assert "Total steps:       60  (3 epoch(s) × 20 steps per epoch)" in text
+
+
+@pytest.mark.parametrize("kwargs,message", [(dict(batch_size=0), "Batch size"), (dict(grad_accum=0), "accumulation"),
+                                            (dict(resolution="big"), "resolution"),
+                                            (dict(min_bucket_reso=1024, resolution="512"), "minimum bucket")])
+def test_summary_rejects_bad_settings(dataset, kwargs, message):
+    with pytest.raises(PatinaError, match=message):
+        summarize(scan_dataset(dataset), **kwargs)
