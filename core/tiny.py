@@ -149,3 +149,241 @@ def save_tiny_diffusers(folder: str | os.PathLike, family: str = "sd1", seed: in
     folder = Path(folder)
     tiny_pipeline(family, seed).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiny SD2 components and tiny single-file (LDM / A1111 layout) checkpoints.
+#
+# The converters below write diffusers state dicts under the original Stable Diffusion ("LDM") key
+# names, so tests can exercise Patina's single-file loader without any real checkpoint. They follow
+# the published key layout of the CompVis/Stability code (input_blocks/middle_block/output_blocks,
+# encoder.down.N/decoder.up.N, cond_stage_model / conditioner.embedders) for any number of levels.
+# ------------------------------------------------------------------------------------------------
+
+SD2_UNET = dict(
+    block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True,
+)
+
+
+def tiny_sd2_components(seed: int = 0, v_prediction: bool = True) -> dict:
+    """Components of a tiny SD2-style pipeline: linear attention projections, a GELU text encoder
+    converted from OpenCLIP layout in real checkpoints, ``!`` padding and (by default) v-prediction."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**SD2_UNET)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**VAE)
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(_text_config(projection=True))  # gelu, like OpenCLIP ViT-H
+    sched = DDIMScheduler(**SCHEDULER, set_alpha_to_one=False,
+                          prediction_type="v_prediction" if v_prediction else "epsilon")
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(pad_token="!"),
+                scheduler=sched, safety_checker=None, feature_extractor=None, image_encoder=None,
+                requires_safety_checker=False)
+
+
+def tiny_pipeline_any(family: str = "sd1", seed: int = 0):
+    """Like :func:`tiny_pipeline` but also knows ``"sd2"`` (tiny v-prediction SD2)."""
+    if family == "sd2":
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(**tiny_sd2_components(seed))
+    return tiny_pipeline(family, seed)
+
+
+def save_tiny_diffusers_any(folder: str | os.PathLike, family: str = "sd1", seed: int = 0) -> Path:
+    folder = Path(folder)
+    tiny_pipeline_any(family, seed).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx")
+
+
+def save_tiny_config_dir(folder: str | os.PathLike, family: str = "sd1", seed: int = 0) -> Path:
+    """A diffusers folder of a tiny pipeline with its weight files removed: the configs (and the tiny
+    tokenizer) that ``from_single_file(config=folder)`` needs for a tiny single-file checkpoint."""
+    folder = save_tiny_diffusers_any(folder, family, seed)
+    for f in folder.rglob("*"):
+        if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES):
+            f.unlink()
+    return folder
+
+
+def _sub(rules, key: str) -> str:
+    import re
+
+    for pattern, repl in rules:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+_RESNET_LDM = [
+    (r"\.norm1\.", ".in_layers.0."), (r"\.conv1\.", ".in_layers.2."), (r"\.time_emb_proj\.", ".emb_layers.1."),
+    (r"\.norm2\.", ".out_layers.0."), (r"\.conv2\.", ".out_layers.3."), (r"\.conv_shortcut\.", ".skip_connection."),
+]
+
+
+def unet_to_ldm(state_dict: dict, config) -> dict:
+    """diffusers UNet2DConditionModel keys -> LDM ``diffusion_model`` keys (without the prefix)."""
+    import re
+
+    per = config["layers_per_block"] + 1  # resnets per level + the down/upsampler slot
+    up_types = list(config["up_block_types"])
+    fixed = {
+        "time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
+        "add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2.",
+        "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
+    }
+    out = {}
+    for key, value in state_dict.items():
+        new = None
+        for src, dst in fixed.items():
+            if key.startswith(src):
+                new = dst + key[len(src):]
+        if new is None and (m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key)):
+            level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+            idx = 1 + level * per + j
+            new = f"input_blocks.{idx}.{0 if kind == 'resnets' else 1}.{rest}"
+            if kind == "resnets":
+                new = _sub(_RESNET_LDM, "." + new)[1:]
+        elif new is None and (m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key)):
+            new = f"input_blocks.{(int(m[1]) + 1) * per}.0.op.{m[2]}"
+        elif new is None and (m := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key)):
+            kind, j, rest = m[1], int(m[2]), m[3]
+            new = f"middle_block.{2 * j if kind == 'resnets' else 1}.{rest}"
+            if kind == "resnets":
+                new = _sub(_RESNET_LDM, "." + new)[1:]
+        elif new is None and (m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key)):
+            level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+            new = f"output_blocks.{level * per + j}.{0 if kind == 'resnets' else 1}.{rest}"
+            if kind == "resnets":
+                new = _sub(_RESNET_LDM, "." + new)[1:]
+        elif new is None and (m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key)):
+            level = int(m[1])
+            slot = 2 if up_types[level].startswith("CrossAttn") else 1
+            new = f"output_blocks.{level * per + per - 1}.{slot}.conv.{m[2]}"
+        if new is None:
+            raise KeyError(f"no LDM name for UNet key {key}")
+        out[new] = value
+    return out
+
+
+def vae_to_ldm(state_dict: dict, config) -> dict:
+    """diffusers AutoencoderKL keys -> LDM ``first_stage_model`` keys (without the prefix).
+
+    Decoder levels are numbered from the bottom in LDM (``decoder.up.{n-1-i}``); attention
+    projections are 1x1 convolutions there."""
+    import re
+
+    n = len(config["block_out_channels"])
+    rules = [
+        (r"^(encoder|decoder)\.conv_norm_out\.", r"\1.norm_out."),
+        (r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2."),
+        (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample."),
+        (r"^(encoder|decoder)\.mid_block\.resnets\.(\d+)\.", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}."),
+        (r"^(encoder|decoder)\.mid_block\.attentions\.0\.", r"\1.mid.attn_1."),
+        (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"decoder.up.{n - 1 - int(m[1])}.block.{m[2]}."),
+        (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{n - 1 - int(m[1])}.upsample."),
+        (r"\.conv_shortcut\.", ".nin_shortcut."),
+        (r"\.attn_1\.group_norm\.", ".attn_1.norm."), (r"\.attn_1\.to_q\.", ".attn_1.q."),
+        (r"\.attn_1\.to_k\.", ".attn_1.k."), (r"\.attn_1\.to_v\.", ".attn_1.v."),
+        (r"\.attn_1\.to_out\.0\.", ".attn_1.proj_out."),
+    ]
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        for pattern, repl in rules:
+            new = re.sub(pattern, repl, new)
+        if ".attn_1." in new and new.endswith(".weight") and value.ndim == 2:
+            value = value[:, :, None, None]
+        out[new] = value
+    return out
+
+
+def _hf_text_keys(state_dict: dict) -> dict:
+    """HF CLIP text keys without the ``text_model.`` level (transformers >= 5.6 flattens CLIPTextModel)."""
+    return {k[len("text_model."):] if k.startswith("text_model.") else k: v for k, v in state_dict.items()}
+
+
+def clip_to_ldm(state_dict: dict) -> dict:
+    """HF CLIPTextModel keys -> the ``transformer.text_model.*`` names SD1 / SDXL-TE1 checkpoints use."""
+    return {"transformer.text_model." + k: v for k, v in _hf_text_keys(state_dict).items()
+            if k != "text_projection.weight"}
+
+
+def clip_to_open_clip(state_dict: dict, *, extra_layer: bool = False) -> dict:
+    """HF CLIP text keys -> OpenCLIP names (SD2 ``cond_stage_model.model.*``, SDXL TE2
+    ``conditioner.embedders.1.model.*``), fusing q/k/v into ``in_proj``.
+
+    ``extra_layer`` appends one more resblock (a copy of the last), as real SD2 files carry the 24th
+    OpenCLIP layer that diffusers-format SD2 text encoders drop."""
+    import re
+
+    import torch
+
+    sd = _hf_text_keys(state_dict)
+    out = {
+        "token_embedding.weight": sd["embeddings.token_embedding.weight"],
+        "positional_embedding": sd["embeddings.position_embedding.weight"],
+        "ln_final.weight": sd["final_layer_norm.weight"],
+        "ln_final.bias": sd["final_layer_norm.bias"],
+    }
+    if "text_projection.weight" in sd:
+        out["text_projection"] = sd["text_projection.weight"].t().contiguous()
+    else:  # SD2 files carry a projection the diffusers text encoder does not use
+        hidden = out["ln_final.weight"].shape[0]
+        out["text_projection"] = torch.eye(hidden)
+    layers = sorted({int(m[1]) for k in sd if (m := re.match(r"encoder\.layers\.(\d+)\.", k))})
+    names = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
+             "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    for i in layers + ([layers[-1] + 1] if extra_layer else []):
+        src = min(i, layers[-1])
+        p, q = f"encoder.layers.{src}.", f"transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[q + f"attn.in_proj_{kind}"] = torch.cat(
+                [sd[p + f"self_attn.{x}_proj.{kind}"] for x in ("q", "k", "v")], dim=0)
+            for hf, oc in names.items():
+                out[q + f"{oc}.{kind}"] = sd[p + f"{hf}.{kind}"]
+    return out
+
+
+def tiny_ldm_state_dict(family: str = "sd1", seed: int = 0, *, include_vae: bool = True) -> dict:
+    """The tiny pipeline of *family* as one LDM-layout (A1111 single-file) state dict."""
+    pipe = tiny_pipeline_any(family, seed)
+    sd = {"model.diffusion_model." + k: v for k, v in unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config).items()}
+    if include_vae:
+        sd.update({"first_stage_model." + k: v for k, v in vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config).items()})
+    if family == "sdxl":
+        sd.update({"conditioner.embedders.0." + k: v for k, v in clip_to_ldm(pipe.text_encoder.state_dict()).items()})
+        sd.update({"conditioner.embedders.1.model." + k: v
+                   for k, v in clip_to_open_clip(pipe.text_encoder_2.state_dict()).items()})
+    elif family == "sd2":
+        sd.update({"cond_stage_model.model." + k: v
+                   for k, v in clip_to_open_clip(pipe.text_encoder.state_dict(), extra_layer=True).items()})
+    else:
+        sd.update({"cond_stage_model." + k: v for k, v in clip_to_ldm(pipe.text_encoder.state_dict()).items()})
+    return {k: v.detach().clone().contiguous() for k, v in sd.items()}
+
+
+def save_tiny_single_file(path: str | os.PathLike, family: str = "sd1", seed: int = 0, *,
+                          include_vae: bool = True, metadata: dict | None = None) -> Path:
+    """Write a tiny single-file checkpoint: ``.safetensors``, or a ``{"state_dict": ...}`` pickle for
+    ``.ckpt``/``.pt`` (the shape of pruned A1111/CompVis checkpoints)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = tiny_ldm_state_dict(family, seed, include_vae=include_vae)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(path), metadata=metadata)
+    else:
+        torch.save({"state_dict": sd, "global_step": 1, "epoch": 0}, path)
+    return path

@@ -1,0 +1,801 @@
+"""Loading Stable Diffusion base models (SD 1.x, SD 2.x incl. 768-v, SDXL base) fully offline.
+
+Accepted inputs:
+
+* a **diffusers folder** (the one holding ``model_index.json``);
+* a **single-file checkpoint** in the original LDM / A1111 layout: ``.safetensors`` (preferred) or a
+  pickled ``.ckpt``/``.pt``, read through :mod:`core.checkpoint`'s restricted loader;
+* optionally a separate **VAE**: an LDM-layout VAE file, a diffusers-layout VAE file, or a diffusers
+  ``vae`` folder.
+
+Nothing here ever touches the network. Single-file checkpoints are given the diffusers configs that
+Patina ships in ``resources/model_configs/<sd1|sd2|sd2-v|sdxl>/`` (the published configs of SD 1.5,
+SD 2.1-base, SD 2.1-768-v and SDXL base 1.0); tokenizers are built from the CLIP BPE vocabulary in
+``resources/tokenizers/clip/``. The UNet and VAE go through diffusers' ``from_single_file`` with
+``config=<that folder>`` and ``local_files_only=True``; the text encoders are converted here (the
+CLIP-L ``transformer.text_model`` layout and the OpenCLIP ``resblocks`` layout of SD2 / SDXL's second
+encoder) and loaded strictly, so a truncated file is reported instead of silently half-loaded.
+
+The model family is read from the checkpoint's tensor names (``conditioner.`` → SDXL,
+``cond_stage_model.model.`` → SD2, ``cond_stage_model.transformer.`` → SD1), or for a diffusers folder
+from its UNet/text-encoder configs. Everything a user can get wrong raises one
+:class:`~core.errors.PatinaError` that says what was found, what is supported and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .checkpoint import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_SUFFIXES,
+    describe_file,
+    load_state_dict_safely,
+    read_safetensors_header,
+    sniff_format,
+)
+from .errors import PatinaError
+from .paths import resources_dir
+
+__all__ = [
+    "FAMILIES", "BaseModel", "ModelInfo", "detect_family", "load_base_model", "load_state_dict_safely", "load_vae",
+    "shipped_config_dir",
+]
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL"}
+LAYOUTS = ("diffusers", "single_file", "ckpt")
+
+SUPPORTED = (
+    "Patina trains LoRAs on Stable Diffusion 1.x, 2.x and SDXL base models, given either as one "
+    "checkpoint file (.safetensors or .ckpt, as used by A1111/ComfyUI) or as a diffusers folder "
+    "(the folder that contains model_index.json)."
+)
+
+# Tensor-name markers of single-file checkpoints.
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+SD1_TE_PREFIX = "cond_stage_model.transformer."
+SD2_TE_PREFIX = "cond_stage_model.model."
+SDXL_TE1_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_TE2_PREFIX = "conditioner.embedders.1.model."
+SDXL_REFINER_TE_PREFIX = "conditioner.embedders.0.model."
+
+
+def model_configs_dir() -> Path:
+    return resources_dir() / "model_configs"
+
+
+def clip_tokenizer_dir() -> Path:
+    return resources_dir() / "tokenizers" / "clip"
+
+
+def shipped_config_dir(family: str, v_prediction: bool = False) -> Path:
+    """The bundled diffusers config folder for *family* (SD2 has a 512-epsilon and a 768-v variant)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}")
+    name = "sd2-v" if family == "sd2" and v_prediction else family
+    return model_configs_dir() / name
+
+
+# --------------------------------------------------------------------------------------------------
+# Detection
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What :func:`detect_family` found.
+
+    ``family`` is ``"sd1"``, ``"sd2"`` or ``"sdxl"`` (``None`` only for a diffusers folder whose configs
+    match none of them; pass ``family=`` to :func:`load_base_model` then). ``v_prediction`` is ``None``
+    when the file does not say (typical for SD2 checkpoints: 512-base is epsilon, 768-v is not, and
+    their tensors look the same). ``has_vae`` is False for checkpoints saved without the autoencoder."""
+
+    family: str | None
+    v_prediction: bool | None
+    layout: str
+    path: Path
+    has_vae: bool = True
+
+    @property
+    def family_name(self) -> str:
+        return FAMILY_NAMES.get(self.family or "", "unknown Stable Diffusion version")
+
+
+def _fail(path: Path, found: str, todo: str) -> PatinaError:
+    return PatinaError(f"{path.name or str(path)}: {found}. {SUPPORTED} {todo}".strip())
+
+
+def _not_found(path: Path) -> PatinaError:
+    text = str(path)
+    hub_like = re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None and not text.startswith((".", "/"))
+    hint = (" If this is a Hugging Face model id: Patina never downloads models. Download the model "
+            "yourself (a .safetensors file or the whole diffusers folder) and choose it here."
+            if hub_like else " Choose a model file or folder that exists on this computer.")
+    return PatinaError(f"The base model {text!r} does not exist.{hint}")
+
+
+def detect_family(path: str | Path) -> ModelInfo:
+    """Identify a base model without loading its weights.
+
+    For ``.safetensors`` only the header (tensor names, shapes, metadata) is read. A pickled
+    ``.ckpt`` has no separate index, so it is opened through the restricted loader (memory-mapped).
+    Raises :class:`PatinaError` for anything that is not a supported base model."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise _not_found(p)
+    if p.is_dir() or p.name == "model_index.json":
+        return _detect_diffusers(p if p.is_dir() else p.parent)
+    shapes, meta, layout, _ = _file_index(p)
+    return _classify(p, shapes, meta, layout)
+
+
+def _file_index(p: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str], str, dict | None]:
+    """(shapes, safetensors metadata, layout, state dict if it had to be loaded to be listed)."""
+    kind = sniff_format(p)
+    try:
+        if kind == "safetensors" or (kind is None and p.suffix.lower() in SAFETENSORS_SUFFIXES):
+            tensors, meta = read_safetensors_header(p)
+            return {k: tuple(v.get("shape") or ()) for k, v in tensors.items()}, meta, "single_file", None
+        if kind is None:
+            raise _fail(p, f"this is {describe_file(p)}, not a model checkpoint",
+                        "Choose a .safetensors or .ckpt file, or a diffusers folder.")
+        sd = load_state_dict_safely(p)
+    except PatinaError as exc:
+        if SUPPORTED in exc.message:
+            raise
+        raise PatinaError(f"{exc.message} {SUPPORTED}") from None
+    return {k: tuple(v.shape) for k, v in sd.items()}, {}, "ckpt", sd
+
+
+def _has(keys, prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in keys)
+
+
+def _looks_like_lora(keys) -> bool:
+    return any(
+        k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_"))
+        or any(s in k for s in (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.",
+                                ".hada_w1_", ".lokr_w1"))
+        for k in keys
+    )
+
+
+def _looks_like_embedding(keys) -> bool:
+    names = set(keys)
+    return bool(names) and len(names) <= 8 and (
+        "emb_params" in names or any(k.startswith("string_to_param") for k in names) or {"clip_l", "clip_g"} <= names)
+
+
+def _v_from_metadata(meta: Mapping[str, str], keys) -> bool | None:
+    pred = (meta.get("modelspec.prediction_type") or "").strip().lower()
+    if pred in ("v", "v_prediction", "v-prediction"):
+        return True
+    if pred in ("epsilon", "eps"):
+        return False
+    if "v_pred" in keys:  # marker tensor some v-prediction SDXL finetunes carry
+        return True
+    return None
+
+
+def _classify(p: Path, shapes: Mapping[str, tuple[int, ...]], meta: Mapping[str, str], layout: str) -> ModelInfo:
+    keys = list(shapes)
+    if not keys:
+        raise _fail(p, "the file contains no tensors", "Choose a complete base model checkpoint.")
+    has_unet = _has(keys, UNET_PREFIX)
+    other_arch = re.compile(r"(model\.diffusion_model\.)?(double_blocks|joint_blocks|x_embedder)\.")
+    flux_or_sd3 = any(other_arch.match(k) for k in keys)
+    if flux_or_sd3:
+        raise _fail(p, "this is a FLUX or Stable Diffusion 3 model, which Patina does not train",
+                    "Choose an SD 1.x, SD 2.x or SDXL checkpoint.")
+    if not has_unet:
+        if _looks_like_lora(keys):
+            raise _fail(p, "this is a LoRA / LyCORIS file (the kind of file Patina produces), not a base model",
+                        "Choose the full model the LoRA is trained on, e.g. an SD 1.5 or SDXL checkpoint; "
+                        "a LoRA can only be applied on top of one.")
+        if _looks_like_embedding(keys):
+            raise _fail(p, "this is a textual-inversion embedding, not a base model",
+                        "Choose a full checkpoint (several GB) as the base model.")
+        if _has(keys, "encoder.down.") or _has(keys, "decoder.up.") or _has(keys, VAE_PREFIX) \
+                or _has(keys, "encoder.down_blocks.") or _has(keys, "decoder.up_blocks."):
+            raise _fail(p, "this is a VAE (the image autoencoder) on its own, not a full base model",
+                        "Choose it in the VAE field instead, and a complete checkpoint as the base model.")
+        if _has(keys, "down_blocks.") and ("conv_in.weight" in shapes or "time_embedding.linear_1.weight" in shapes):
+            raise _fail(p, "this is only the UNet weights file of a diffusers model",
+                        "Choose the model's top folder (the one containing model_index.json) instead.")
+        if _has(keys, "cond_stage_model.") or _has(keys, "conditioner.") or _has(keys, "text_model.") \
+                or _has(keys, "encoder.layers."):
+            raise _fail(p, "this contains only a text encoder, no UNet", "Choose a complete base model checkpoint.")
+        sample = ", ".join(keys[:3])
+        raise _fail(p, f"this is not a Stable Diffusion checkpoint (its {len(keys)} tensors are named like {sample})",
+                    "Choose a base model checkpoint.")
+
+    conv_in = shapes.get(UNET_PREFIX + "input_blocks.0.0.weight")
+    if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
+        kind = {9: "an inpainting model", 8: "an instruct-pix2pix model"}.get(conv_in[1], "a model")
+        raise _fail(p, f"this is {kind} (its UNet takes {conv_in[1]} input channels instead of 4)",
+                    "LoRAs are trained on the regular text-to-image base model; choose that one.")
+
+    if _has(keys, SDXL_TE2_PREFIX):
+        family = "sdxl"
+    elif _has(keys, SDXL_REFINER_TE_PREFIX):
+        raise _fail(p, "this is the SDXL refiner, which is not a base model",
+                    "Choose SDXL base 1.0 (or a finetune of it).")
+    elif _has(keys, SD2_TE_PREFIX):
+        family = "sd2"
+    elif _has(keys, SD1_TE_PREFIX):
+        family = "sd1"
+    else:
+        guess = _family_from_unet(shapes)
+        looks = f" (its UNet looks like {FAMILY_NAMES[guess]})" if guess else ""
+        raise _fail(p, f"this checkpoint has a UNet but no text encoder{looks}",
+                    "Patina needs the complete checkpoint with its text encoder(s); choose the full model file.")
+
+    v = _v_from_metadata(meta, shapes)
+    if v is None and family != "sd2":
+        v = False
+    return ModelInfo(family=family, v_prediction=v, layout=layout, path=p, has_vae=_has(keys, VAE_PREFIX))
+
+
+def _family_from_unet(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    if _has(shapes, UNET_PREFIX + "label_emb."):
+        return "sdxl"
+    for k, s in shapes.items():
+        if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight") and len(s) == 2:
+            return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(s[1])
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PatinaError(f"Could not read {path}: {exc}.") from None
+    if not isinstance(data, dict):
+        raise PatinaError(f"{path} is not a JSON object.")
+    return data
+
+
+_WEIGHT_NAMES = ("diffusion_pytorch_model", "model", "pytorch_model")
+_WEIGHT_EXTS = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+
+
+def _weights_variant(folder: Path) -> str | None | bool:
+    """None when *folder* has regular weights, the variant name (e.g. ``"fp16"``) when it only has a
+    variant, False when it has no weights at all."""
+    if not folder.is_dir():
+        return False
+    names = {f.name for f in folder.iterdir() if f.is_file()}
+    if any(n + e in names for n in _WEIGHT_NAMES for e in _WEIGHT_EXTS):
+        return None
+    for name in sorted(names):
+        m = re.fullmatch(r"(?:%s)\.([\w-]+)\.(?:safetensors|bin)" % "|".join(_WEIGHT_NAMES), name)
+        if m:
+            return m[1]
+    return False
+
+
+def _detect_diffusers(folder: Path) -> ModelInfo:
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        own = folder / "config.json"
+        if own.is_file():
+            own_cfg = _read_json(own)
+            cls = own_cfg.get("_class_name") or (own_cfg.get("architectures") or ["?"])[0]
+            raise _fail(folder, f"this folder is the {cls} component of a diffusers model, not the model itself",
+                        "Choose its parent folder (the one containing model_index.json).")
+        files = sorted(f.name for f in folder.iterdir()
+                       if f.is_file() and f.suffix.lower() in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)
+        todo = (f"It contains {', '.join(files[:5])}{' …' if len(files) > 5 else ''}: choose one of those files."
+                if files else "Choose a checkpoint file or a diffusers model folder.")
+        raise _fail(folder, "this folder is not a diffusers model (there is no model_index.json in it)", todo)
+    index = _read_json(index_path)
+    pipe_cls = str(index.get("_class_name", "?"))
+
+    def component(name: str) -> str | None:
+        v = index.get(name)
+        return v[1] if isinstance(v, list) and len(v) == 2 and v[1] else None
+
+    if component("unet") != "UNet2DConditionModel":
+        raise _fail(folder, f"this diffusers model is a {pipe_cls}, which is not an SD 1.x/2.x/SDXL pipeline",
+                    "Choose an SD 1.x, SD 2.x or SDXL model.")
+    unet_cfg_path = folder / "unet" / "config.json"
+    if not unet_cfg_path.is_file():
+        raise _fail(folder, "the diffusers folder has no unet/config.json (it is incomplete)",
+                    "Download the complete model folder again.")
+    unet_cfg = _read_json(unet_cfg_path)
+    if _weights_variant(folder / "unet") is False:
+        raise _fail(folder, "the diffusers folder has configs but no UNet weights",
+                    "Download the model's weight files too (unet/diffusion_pytorch_model.safetensors, ...).")
+    in_ch = unet_cfg.get("in_channels", 4)
+    if in_ch != 4:
+        kind = {9: "an inpainting model", 8: "an instruct-pix2pix model"}.get(in_ch, "a model")
+        raise _fail(folder, f"this is {kind} (its UNet takes {in_ch} input channels instead of 4)",
+                    "LoRAs are trained on the regular text-to-image base model; choose that one.")
+
+    family: str | None
+    if unet_cfg.get("addition_embed_type") == "text_time" or "text_encoder_2" in index:
+        if not component("text_encoder") or not component("text_encoder_2"):
+            raise _fail(folder, "this is the SDXL refiner (it has only one text encoder), not a base model",
+                        "Choose SDXL base 1.0 (or a finetune of it).")
+        family = "sdxl"
+    else:
+        if not component("text_encoder"):
+            raise _fail(folder, f"this {pipe_cls} has no text encoder", "Choose a complete model folder.")
+        family = {768: "sd1", 1024: "sd2"}.get(unet_cfg.get("cross_attention_dim"))
+        if family is None:  # non-standard sizes (e.g. tiny test models): the text encoder tells
+            te_cfg_path = folder / "text_encoder" / "config.json"
+            act = _read_json(te_cfg_path).get("hidden_act") if te_cfg_path.is_file() else None
+            family = {"quick_gelu": "sd1", "gelu": "sd2"}.get(act or "")
+
+    v: bool | None = None
+    sched_path = folder / "scheduler" / "scheduler_config.json"
+    if sched_path.is_file():
+        v = _read_json(sched_path).get("prediction_type", "epsilon") == "v_prediction"
+    elif family != "sd2":
+        v = False
+    return ModelInfo(family=family, v_prediction=v, layout="diffusers", path=folder,
+                     has_vae=(folder / "vae").is_dir() and _weights_variant(folder / "vae") is not False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BaseModel:
+    """A loaded base model, ready for LoRA training.
+
+    ``text_encoders``/``tokenizers`` have one entry (SD 1.x/2.x) or two (SDXL: CLIP-L, then OpenCLIP
+    bigG with projection). ``noise_scheduler`` is a :class:`diffusers.DDPMScheduler` with the model's
+    beta schedule and ``prediction_type`` (use it for ``add_noise`` / targets); ``scheduler_config`` is
+    the model's own scheduler config (``prediction_type`` set) for building sampling schedulers."""
+
+    family: str
+    v_prediction: bool
+    unet: Any
+    vae: Any
+    text_encoders: list
+    tokenizers: list
+    noise_scheduler: Any
+    scheduler_config: dict
+    info: ModelInfo
+    config_dir: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == "sdxl"
+
+    def make_scheduler(self, class_name: str | None = None):
+        """A sampling scheduler built from :attr:`scheduler_config` (default: the model's own class)."""
+        import diffusers
+
+        name = class_name or self.scheduler_config.get("_class_name") or "DDIMScheduler"
+        cls = getattr(diffusers, name, None)
+        if cls is None:
+            raise ValueError(f"unknown diffusers scheduler {name!r}")
+        return cls.from_config({k: v for k, v in self.scheduler_config.items() if not k.startswith("_")})
+
+    def pipeline(self, scheduler=None, *, unet=None, vae=None, text_encoders=None, tokenizers=None, **kwargs):
+        """A StableDiffusion(XL)Pipeline over these components for sample images (no safety checker,
+        no watermarker). ``unet``/``vae``/``text_encoders``/``tokenizers`` replace the loaded ones (e.g.
+        the LoRA-wrapped UNet during training); other keyword arguments go to the pipeline constructor."""
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        scheduler = scheduler if scheduler is not None else self.make_scheduler()
+        unet = unet if unet is not None else self.unet
+        vae = vae if vae is not None else self.vae
+        tes = list(text_encoders) if text_encoders else list(self.text_encoders)
+        toks = list(tokenizers) if tokenizers else list(self.tokenizers)
+        if len(tes) != len(self.text_encoders) or len(toks) != len(self.tokenizers):
+            raise ValueError(f"{self.family} needs {len(self.text_encoders)} text encoder(s) and tokenizer(s)")
+        if self.is_sdxl:
+            kwargs.setdefault("force_zeros_for_empty_prompt", True)
+            kwargs.setdefault("add_watermarker", False)
+            return StableDiffusionXLPipeline(
+                vae=vae, text_encoder=tes[0], text_encoder_2=tes[1], tokenizer=toks[0], tokenizer_2=toks[1],
+                unet=unet, scheduler=scheduler, **kwargs)
+        kwargs.setdefault("requires_safety_checker", False)
+        return StableDiffusionPipeline(
+            vae=vae, text_encoder=tes[0], tokenizer=toks[0], unet=unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, **kwargs)
+
+
+def _resolve_family(info: ModelInfo, family: str | None) -> str:
+    if family is not None and family not in FAMILIES:
+        raise PatinaError(f"Unknown model type {family!r}; use one of {', '.join(FAMILIES)} (or leave it on auto).")
+    if family is None:
+        if info.family is None:
+            raise PatinaError(
+                f"{info.path.name}: could not tell whether this is an SD 1.x, SD 2.x or SDXL model from its "
+                "configuration. Set the model type (sd1 / sd2 / sdxl) by hand.")
+        return info.family
+    if info.family is not None and info.family != family:
+        raise PatinaError(
+            f"The model type is set to {FAMILY_NAMES[family]}, but {info.path.name} is a "
+            f"{FAMILY_NAMES[info.family]} model (detected from its weights). Set the model type to "
+            f"{info.family} or to auto-detect.")
+    return family
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _check_complete(model: torch.nn.Module, what: str, source: str) -> None:
+    missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+    if missing:
+        raise PatinaError(
+            f"{source}: the {what} weights are incomplete ({len(missing)} tensors missing, e.g. {missing[0]}). "
+            "The file is damaged or truncated, or it is not the model type it appears to be.")
+
+
+def _tokenizer(folder: Path, family: str, second: bool = False):
+    """A CLIPTokenizer: from *folder* when it holds its own vocabulary, else Patina's bundled CLIP BPE
+    with the pad token / length of *folder*'s tokenizer config (SD1 and SDXL's first tokenizer pad
+    with ``<|endoftext|>``, SD2 and SDXL's second with ``!``)."""
+    from transformers import CLIPTokenizer
+
+    if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file():
+        return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    settings: dict[str, Any] = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the map wins, as in transformers
+        f = folder / name
+        if f.is_file():
+            settings.update(_read_json(f))
+    pad = settings.get("pad_token") or ("!" if family == "sd2" or second else "<|endoftext|>")
+    if isinstance(pad, dict):
+        pad = pad.get("content", "<|endoftext|>")
+    max_len = int(settings.get("model_max_length", 77) or 77)
+    return CLIPTokenizer.from_pretrained(str(clip_tokenizer_dir()), local_files_only=True, pad_token=pad,
+                                         model_max_length=min(max_len, 77))
+
+
+def _scheduler_configs(raw: dict, v_prediction: bool) -> tuple[dict, Any]:
+    from diffusers import DDPMScheduler
+
+    cfg = dict(raw)
+    cfg["prediction_type"] = "v_prediction" if v_prediction else "epsilon"
+    allowed = set(DDPMScheduler.__init__.__code__.co_varnames)
+    keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "steps_offset",
+            "timestep_spacing", "rescale_betas_zero_snr")
+    kwargs = {k: cfg[k] for k in keep if k in cfg and k in allowed}
+    noise = DDPMScheduler(**kwargs, prediction_type=cfg["prediction_type"], clip_sample=False)
+    return cfg, noise
+
+
+# ---- text encoders from LDM checkpoints ----------------------------------------------------------
+
+
+def _clip_l_from_ldm(sd: Mapping[str, torch.Tensor], prefix: str, n_layers: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        if not k.startswith(prefix):
+            continue
+        name = k[len(prefix):]
+        name = name[len("text_model."):] if name.startswith("text_model.") else name
+        if name.endswith("position_ids"):
+            continue
+        m = re.match(r"encoder\.layers\.(\d+)\.", name)
+        if m and int(m[1]) >= n_layers:
+            continue
+        out[name] = v
+    return out
+
+
+def _open_clip_from_ldm(sd: Mapping[str, torch.Tensor], prefix: str, n_layers: int,
+                        projection: bool) -> dict[str, torch.Tensor]:
+    """OpenCLIP text tower (fused in_proj, resblocks) -> HF CLIP text names; keeps the first
+    ``n_layers`` blocks (SD2's diffusers encoder drops OpenCLIP's last block, as SD2 uses the
+    penultimate layer)."""
+
+    def get(name: str) -> torch.Tensor:
+        try:
+            return sd[prefix + name]
+        except KeyError:
+            raise KeyError(prefix + name) from None
+
+    out = {
+        "embeddings.token_embedding.weight": get("token_embedding.weight"),
+        "embeddings.position_embedding.weight": get("positional_embedding"),
+        "final_layer_norm.weight": get("ln_final.weight"),
+        "final_layer_norm.bias": get("ln_final.bias"),
+    }
+    if projection:
+        out["text_projection.weight"] = get("text_projection").t().contiguous()
+    renames = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2",
+               "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    for i in range(n_layers):
+        src, dst = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = get(src + f"attn.in_proj_{kind}").chunk(3, dim=0)
+            out[dst + f"self_attn.q_proj.{kind}"] = q.contiguous()
+            out[dst + f"self_attn.k_proj.{kind}"] = k.contiguous()
+            out[dst + f"self_attn.v_proj.{kind}"] = v.contiguous()
+            for a, b in renames.items():
+                out[dst + f"{b}.{kind}"] = get(src + f"{a}.{kind}")
+    return out
+
+
+def _text_encoder_from_ldm(sd: Mapping[str, torch.Tensor], config_dir: Path, subfolder: str, prefix: str,
+                           open_clip: bool, projection: bool, dtype: torch.dtype, source: str):
+    from accelerate import init_empty_weights
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    what = "second text encoder" if subfolder.endswith("_2") else "text encoder"
+    config = CLIPTextConfig.from_pretrained(str(config_dir / subfolder), local_files_only=True)
+    try:
+        if open_clip:
+            weights = _open_clip_from_ldm(sd, prefix, config.num_hidden_layers, projection)
+        else:
+            weights = _clip_l_from_ldm(sd, prefix, config.num_hidden_layers)
+    except KeyError as exc:
+        raise PatinaError(f"{source}: the {what} weights are incomplete ({exc.args[0]} is missing). "
+                          "The file is damaged or not a standard checkpoint.") from None
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    with init_empty_weights():
+        model = cls(config)
+    expected = list(model.state_dict().keys())
+    state = {}
+    missing = []
+    for key in expected:
+        base = key[len("text_model."):] if key.startswith("text_model.") else key
+        if base in weights:
+            state[key] = weights[base]
+        else:
+            missing.append(key)
+    if missing:
+        raise PatinaError(f"{source}: the {what} weights are incomplete ({len(missing)} tensors missing, e.g. "
+                          f"{missing[0]}). The file is damaged or not a standard checkpoint.")
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise PatinaError(f"{source}: the {what} does not match the expected architecture ({_short(exc)}).") from exc
+    model.to(dtype)
+    _check_complete(model, what, source)
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """diffusers 0.42 warns "modules that should be kept in float32: []" on every ``model.to(dtype)``,
+    which ``from_single_file`` does itself; hide that noise while loading."""
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity(max(level, dlogging.ERROR))
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(level)
+
+
+def _single_file_component(cls, sd: Mapping[str, torch.Tensor], config_dir: Path, subfolder: str,
+                           dtype: torch.dtype, what: str, source: str):
+    try:
+        with _quiet_diffusers():
+            model = cls.from_single_file(dict(sd), config=str(config_dir), subfolder=subfolder,
+                                         local_files_only=True, torch_dtype=dtype)
+    except PatinaError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure on a user file becomes one clear message
+        if "meta tensor" in str(exc):  # diffusers leaves missing weights on the meta device, then .to() fails
+            raise PatinaError(f"{source}: the {what} weights are incomplete (some tensors are missing). The file "
+                              "is damaged or truncated, or it is not the model type it appears to be.") from exc
+        raise PatinaError(f"{source}: could not load the {what} ({_short(exc)}). The file may be damaged, "
+                          "or it is not the model type it appears to be.") from exc
+    _check_complete(model, what, source)
+    return model.eval()
+
+
+# ---- VAE -------------------------------------------------------------------------------------------
+
+
+_OLD_VAE_ATTN = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+
+
+def load_vae(path: str | Path, *, family: str, dtype: torch.dtype = torch.float32,
+             config_dir: str | Path | None = None):
+    """Load a separate VAE: a single-file VAE in LDM layout (``.safetensors``/``.ckpt``/``.pt``, e.g.
+    ``vae-ft-mse-840000``), a diffusers-layout VAE file (``diffusion_pytorch_model.safetensors``) or a
+    diffusers ``vae`` folder. The architecture/scaling factor come from *family*'s config."""
+    from diffusers import AutoencoderKL
+
+    p = Path(path).expanduser()
+    cfg_dir = Path(config_dir) if config_dir else shipped_config_dir(family)
+    if not p.exists():
+        raise PatinaError(f"The VAE {str(p)!r} does not exist. Choose a VAE file or folder on this computer, "
+                          "or leave the VAE empty to use the one inside the base model.")
+    if p.is_dir():
+        sub = None if (p / "config.json").is_file() else ("vae" if (p / "vae" / "config.json").is_file() else "")
+        if sub == "":
+            raise PatinaError(f"{p.name}: this folder is not a diffusers VAE (no config.json). Choose a VAE "
+                              ".safetensors file or a diffusers vae folder.")
+        try:
+            with _quiet_diffusers():
+                vae = AutoencoderKL.from_pretrained(str(p), subfolder=sub, local_files_only=True, torch_dtype=dtype,
+                                                    variant=_weights_variant(p / sub if sub else p) or None)
+        except Exception as exc:  # noqa: BLE001
+            raise PatinaError(f"{p.name}: could not load the VAE folder ({_short(exc)}).") from exc
+        return vae.eval()
+
+    sd = load_state_dict_safely(p)
+    keys = list(sd)
+    ldm = any(k.startswith(("encoder.down.", VAE_PREFIX + "encoder.", "vae.encoder.down.")) for k in keys)
+    diffusers_layout = any(k.startswith("encoder.down_blocks.") for k in keys)
+    if not ldm and not diffusers_layout:
+        kind = "a LoRA file" if _looks_like_lora(keys) else "not a VAE"
+        raise PatinaError(f"{p.name}: this is {kind} (no autoencoder weights found). Choose a VAE file such as "
+                          "sdxl_vae.safetensors or vae-ft-mse-840000-ema-pruned.safetensors, or leave the VAE "
+                          "empty to use the base model's own.")
+    conv_out = next((v for k, v in sd.items() if k.endswith("encoder.conv_out.weight")), None)
+    if conv_out is not None and conv_out.shape[0] != 8:
+        raise PatinaError(f"{p.name}: this VAE has {conv_out.shape[0] // 2} latent channels; SD 1.x/2.x/SDXL "
+                          "use 4 (it is probably an SD3 or FLUX VAE). Choose a matching VAE.")
+    source = f"VAE {p.name}"
+    if ldm:
+        return _single_file_component(AutoencoderKL, sd, cfg_dir, "vae", dtype, "VAE", source)
+    from accelerate import init_empty_weights
+
+    state = {}
+    for k, v in sd.items():
+        for old, new in _OLD_VAE_ATTN.items():
+            if ".mid_block.attentions." in k:
+                k = k.replace(old, new)
+        state[k] = v
+    with init_empty_weights():
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(cfg_dir), subfolder="vae", local_files_only=True))
+    try:
+        vae.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise PatinaError(f"{source}: the weights do not fit the {FAMILY_NAMES.get(family, family)} VAE "
+                          f"({_short(exc)}).") from exc
+    torch.nn.Module.to(vae, dtype)
+    _check_complete(vae, "VAE", source)
+    return vae.eval()
+
+
+# ---- public entry point ----------------------------------------------------------------------------
+
+
+def load_base_model(path: str | Path, *, family: str | None = None, v_parameterization: bool | None = None,
+                    vae_path: str | Path | None = None, dtype: torch.dtype = torch.float32,
+                    config_dir: str | Path | None = None) -> BaseModel:
+    """Load a base model (UNet, VAE, text encoder(s), tokenizer(s), schedulers) fully offline.
+
+    * ``family``: ``"sd1"``/``"sd2"``/``"sdxl"`` or ``None`` to detect. A value that contradicts the
+      weights is an error (the load would fail anyway); it decides only when detection cannot.
+    * ``v_parameterization``: force v-prediction on/off. ``None`` uses what the model says (diffusers
+      scheduler config, safetensors ``modelspec.prediction_type``, a ``v_pred`` marker); SD2
+      checkpoints that say nothing are treated as epsilon (512-base) with a warning in
+      :attr:`BaseModel.warnings`; pass ``True`` for the 768-v models.
+    * ``vae_path``: replace the model's VAE (see :func:`load_vae`).
+    * ``config_dir``: diffusers config folder to use for a single-file checkpoint instead of the
+      bundled one (tests, unusual models).
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise _not_found(p)
+    if p.is_file() and p.name == "model_index.json":
+        p = p.parent
+    if p.is_dir():
+        info = _detect_diffusers(p)
+        sd = None
+    else:
+        shapes, meta, layout, sd = _file_index(p)  # sd: only for pickles, which must be loaded to be listed
+        info = _classify(p, shapes, meta, layout)
+    fam = _resolve_family(info, family)
+    warnings: list[str] = []
+    if v_parameterization is not None:
+        v = bool(v_parameterization)
+    elif info.v_prediction is not None:
+        v = info.v_prediction
+    else:
+        v = False
+        warnings.append(
+            f"{p.name} does not say whether it predicts noise (epsilon, SD 2.x 512-base) or velocity "
+            "(v-prediction, SD 2.x 768-v); assuming epsilon. Turn on v-parameterization for 768-v models.")
+    if not info.has_vae and vae_path is None:
+        raise PatinaError(f"{p.name} contains no VAE. Choose a separate VAE file (for {FAMILY_NAMES[fam]}) "
+                          "in the VAE field.")
+
+    if info.layout == "diffusers":
+        model = _load_diffusers(p, fam, v, vae_path, dtype, info, Path(config_dir) if config_dir else None)
+    else:
+        cfg_dir = Path(config_dir) if config_dir else shipped_config_dir(fam, v)
+        if sd is None:
+            sd = load_state_dict_safely(p)
+        model = _load_single_file(sd, p, fam, v, vae_path, dtype, info, cfg_dir)
+        del sd
+    model.warnings.extend(warnings)
+    return model
+
+
+def _load_single_file(sd: dict, p: Path, fam: str, v: bool, vae_path, dtype: torch.dtype, info: ModelInfo,
+                      cfg_dir: Path) -> BaseModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    if not (cfg_dir / "unet" / "config.json").is_file():
+        raise PatinaError(f"The model config folder {cfg_dir} is missing unet/config.json.")
+    source = p.name
+    unet = _single_file_component(UNet2DConditionModel, sd, cfg_dir, "unet", dtype, "UNet", source)
+    if vae_path is not None:
+        vae = load_vae(vae_path, family=fam, dtype=dtype, config_dir=cfg_dir)
+    else:
+        vae = _single_file_component(AutoencoderKL, sd, cfg_dir, "vae", dtype, "VAE", source)
+    if fam == "sdxl":
+        tes = [
+            _text_encoder_from_ldm(sd, cfg_dir, "text_encoder", SDXL_TE1_PREFIX, False, False, dtype, source),
+            _text_encoder_from_ldm(sd, cfg_dir, "text_encoder_2", SDXL_TE2_PREFIX, True, True, dtype, source),
+        ]
+        toks = [_tokenizer(cfg_dir / "tokenizer", fam), _tokenizer(cfg_dir / "tokenizer_2", fam, second=True)]
+    elif fam == "sd2":
+        tes = [_text_encoder_from_ldm(sd, cfg_dir, "text_encoder", SD2_TE_PREFIX, True, False, dtype, source)]
+        toks = [_tokenizer(cfg_dir / "tokenizer", fam)]
+    else:
+        tes = [_text_encoder_from_ldm(sd, cfg_dir, "text_encoder", SD1_TE_PREFIX, False, False, dtype, source)]
+        toks = [_tokenizer(cfg_dir / "tokenizer", fam)]
+    sched_cfg, noise = _scheduler_configs(_read_json(cfg_dir / "scheduler" / "scheduler_config.json"), v)
+    return BaseModel(family=fam, v_prediction=v, unet=unet, vae=vae, text_encoders=tes, tokenizers=toks,
+                     noise_scheduler=noise, scheduler_config=sched_cfg, info=info, config_dir=cfg_dir)
+
+
+def _from_pretrained(cls, folder: Path, subfolder: str, what: str, dtype: torch.dtype, transformers_model: bool):
+    sub = folder / subfolder
+    variant = _weights_variant(sub)
+    if variant is False:
+        raise PatinaError(f"{folder.name}: the {what} weights are missing ({subfolder}/ has no weight files). "
+                          "Download the complete model folder.")
+    try:
+        if transformers_model:
+            model = cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True,
+                                        **({"variant": variant} if variant else {}))
+            model.to(dtype)
+        else:
+            with _quiet_diffusers():
+                model = cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True,
+                                            torch_dtype=dtype, **({"variant": variant} if variant else {}))
+    except Exception as exc:  # noqa: BLE001
+        raise PatinaError(f"{folder.name}: could not load the {what} ({_short(exc)}). The folder may be "
+                          "incomplete or damaged.") from exc
+    return model.eval()
+
+
+def _load_diffusers(folder: Path, fam: str, v: bool, vae_path, dtype: torch.dtype, info: ModelInfo,
+                    config_dir: Path | None) -> BaseModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    shipped = config_dir or shipped_config_dir(fam, v)
+    unet = _from_pretrained(UNet2DConditionModel, folder, "unet", "UNet", dtype, False)
+    if vae_path is not None:
+        vae = load_vae(vae_path, family=fam, dtype=dtype, config_dir=shipped)
+    else:
+        vae = _from_pretrained(AutoencoderKL, folder, "vae", "VAE", dtype, False)
+    tes = [_from_pretrained(CLIPTextModel, folder, "text_encoder", "text encoder", dtype, True)]
+    tok_dirs = [folder / "tokenizer"]
+    if fam == "sdxl":
+        tes.append(_from_pretrained(CLIPTextModelWithProjection, folder, "text_encoder_2", "second text encoder",
+                                    dtype, True))
+        tok_dirs.append(folder / "tokenizer_2")
+    toks = []
+    for i, d in enumerate(tok_dirs):
+        if not d.is_dir():
+            d = shipped / d.name  # fall back to the bundled tokenizer settings
+        toks.append(_tokenizer(d, fam, second=i == 1))
+    sched_path = folder / "scheduler" / "scheduler_config.json"
+    raw = _read_json(sched_path if sched_path.is_file() else shipped / "scheduler" / "scheduler_config.json")
+    sched_cfg, noise = _scheduler_configs(raw, v)
+    return BaseModel(family=fam, v_prediction=v, unet=unet, vae=vae, text_encoders=tes, tokenizers=toks,
+                     noise_scheduler=noise, scheduler_config=sched_cfg, info=info, config_dir=folder)
