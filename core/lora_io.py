@@ -1,0 +1,736 @@
+"""LoRA files: kohya/sd-scripts metadata, atomic safetensors save with A1111 hashes, reading and "Verify LoRA".
+
+The format is the one of ``shared/reference/lora-format.md`` (§0, §1.3, §3, §8): kohya key names, every
+metadata value a string, ``ss_*`` training keys + ``sshs_model_hash``/``sshs_legacy_hash`` + ``modelspec.*``,
+and never diffusers' ``lora_adapter_metadata`` (diffusers then refuses the file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from core import __version__
+from core.atomic import atomic_temp_path, commit_temp
+from core.errors import PatinaError
+
+KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+FORBIDDEN_METADATA = ("lora_adapter_metadata",)
+PRECISIONS = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
+              "float": "float32", "fp32": "float32", "float32": "float32"}
+
+# kohya config key -> ss_* key, written when the config has the key (values kept as kohya writes them).
+_SS_FROM_VALUES = {
+    "learning_rate": "ss_learning_rate",
+    "unet_lr": "ss_unet_lr",
+    "text_encoder_lr": "ss_text_encoder_lr",
+    "lr_scheduler": "ss_lr_scheduler",
+    "lr_warmup_steps": "ss_lr_warmup_steps",
+    "max_train_steps": "ss_max_train_steps",
+    "train_batch_size": "ss_batch_size_per_device",
+    "gradient_accumulation_steps": "ss_gradient_accumulation_steps",
+    "gradient_checkpointing": "ss_gradient_checkpointing",
+    "max_grad_norm": "ss_max_grad_norm",
+    "mixed_precision": "ss_mixed_precision",
+    "full_fp16": "ss_full_fp16",
+    "full_bf16": "ss_full_bf16",
+    "seed": "ss_seed",
+    "clip_skip": "ss_clip_skip",
+    "max_token_length": "ss_max_token_length",
+    "cache_latents": "ss_cache_latents",
+    "network_dropout": "ss_network_dropout",
+    "noise_offset": "ss_noise_offset",
+    "noise_offset_random_strength": "ss_noise_offset_random_strength",
+    "adaptive_noise_scale": "ss_adaptive_noise_scale",
+    "multires_noise_iterations": "ss_multires_noise_iterations",
+    "multires_noise_discount": "ss_multires_noise_discount",
+    "ip_noise_gamma": "ss_ip_noise_gamma",
+    "ip_noise_gamma_random_strength": "ss_ip_noise_gamma_random_strength",
+    "zero_terminal_snr": "ss_zero_terminal_snr",
+    "min_snr_gamma": "ss_min_snr_gamma",
+    "debiased_estimation_loss": "ss_debiased_estimation",
+    "scale_weight_norms": "ss_scale_weight_norms",
+    "loss_type": "ss_loss_type",
+    "huber_schedule": "ss_huber_schedule",
+    "huber_c": "ss_huber_c",
+    "huber_scale": "ss_huber_scale",
+    "prior_loss_weight": "ss_prior_loss_weight",
+    "caption_dropout_rate": "ss_caption_dropout_rate",
+    "caption_dropout_every_n_epochs": "ss_caption_dropout_every_n_epochs",
+    "caption_tag_dropout_rate": "ss_caption_tag_dropout_rate",
+    "face_crop_aug_range": "ss_face_crop_aug_range",
+    "color_aug": "ss_color_aug",
+    "flip_aug": "ss_flip_aug",
+    "random_crop": "ss_random_crop",
+    "shuffle_caption": "ss_shuffle_caption",
+    "enable_bucket": "ss_enable_bucket",
+    "bucket_no_upscale": "ss_bucket_no_upscale",
+    "min_bucket_reso": "ss_min_bucket_reso",
+    "max_bucket_reso": "ss_max_bucket_reso",
+    "keep_tokens": "ss_keep_tokens",
+    "fp8_base": "ss_fp8_base",
+    "training_comment": "ss_training_comment",
+    "vae": "ss_vae_name",
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metadata
+# ----------------------------------------------------------------------------------------------------------
+
+def _s(value: Any) -> str:
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _parse_resolution(value: Any, family: str) -> tuple[int, int]:
+    default = (1024, 1024) if family == "sdxl" else (512, 512)
+    if value in (None, "", 0):
+        return default
+    try:
+        if isinstance(value, str):
+            parts = [int(float(p)) for p in re.split(r"[,x×\s]+", value.strip()) if p]
+        elif isinstance(value, (int, float)):
+            parts = [int(value)]
+        else:
+            parts = [int(p) for p in value]
+    except (TypeError, ValueError):
+        raise PatinaError(f"max_resolution {value!r} is not a resolution like 512,512.") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise PatinaError(f"max_resolution {value!r} is not a resolution like 512,512.")
+    return parts[0], parts[1]
+
+
+def base_model_version(family: str, v_prediction: bool) -> str:
+    """``ss_base_model_version``: sd_v1, sd_v2 (``_v`` suffix for v-prediction) or sdxl_base_v1-0."""
+    if family == "sdxl":
+        return "sdxl_base_v1-0"
+    base = "sd_v2" if family == "sd2" else "sd_v1"
+    return base + ("_v" if v_prediction else "")
+
+
+def modelspec_architecture(family: str, v_prediction: bool) -> str:
+    if family == "sdxl":
+        arch = "stable-diffusion-xl-v1-base"
+    elif family == "sd2":
+        arch = "stable-diffusion-v2-768-v" if v_prediction else "stable-diffusion-v2-512"
+    else:
+        arch = "stable-diffusion-v1"
+    return arch + "/lora"
+
+
+def network_args_from_values(values: Mapping[str, Any]) -> dict[str, str]:
+    """kohya ``network_args`` (for ``ss_network_args``) from a kohya_ss-style config: conv_dim/conv_alpha for
+    LoCon, block-wise settings and LoRA+ ratios when set."""
+    if isinstance(values.get("network_args"), Mapping):
+        return {str(k): _s(v) for k, v in values["network_args"].items()}
+    args: dict[str, str] = {}
+    lora_type = str(values.get("LoRA_type") or "")
+    conv_dim = values.get("conv_dim")
+    is_locon = "locon" in lora_type.lower() if lora_type else bool(conv_dim)
+    if is_locon and conv_dim and float(conv_dim) > 0:
+        args["conv_dim"] = _s(int(float(conv_dim)))
+        conv_alpha = values.get("conv_alpha")
+        args["conv_alpha"] = _s(conv_alpha if conv_alpha not in (None, "") else 1)
+    for key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
+                "block_alphas", "conv_block_dims", "conv_block_alphas", "loraplus_lr_ratio",
+                "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio", "rank_dropout", "module_dropout"):
+        v = values.get(key)
+        if v in (None, "", 0, 0.0, [], False):
+            continue
+        args[key] = ",".join(_s(x) for x in v) if isinstance(v, (list, tuple)) else _s(v)
+    return args
+
+
+def build_metadata(*, values: Mapping[str, Any], family: str, v_prediction: bool = False,
+                   base_model_name: str = "", num_train_images: int = 0, num_reg_images: int = 0,
+                   num_batches_per_epoch: int = 0, steps: int = 0, epoch: int = 0,
+                   tag_frequency: Mapping | None = None, bucket_info: Mapping | None = None,
+                   dataset_dirs: Mapping | None = None, reg_dataset_dirs: Mapping | None = None,
+                   training_started_at: float | None = None, training_finished_at: float | None = None,
+                   session_id: int | str | None = None, network_args: Mapping[str, Any] | None = None,
+                   ) -> dict[str, str]:
+    """The safetensors metadata of a LoRA file, kohya/sd-scripts style; every value a ``str``.
+
+    *values* is the training config with kohya key names (network_dim, network_alpha, conv_dim, LoRA_type,
+    learning_rate, unet_lr, optimizer, max_resolution, output_name, metadata_title/author/...). The hashes
+    (``sshs_*``) are added by :func:`save_lora`.
+    """
+    family = (family or "").lower()
+    if family not in ("sd1", "sd2", "sdxl"):
+        raise PatinaError(f"Unknown model family {family!r}: expected sd1, sd2 or sdxl.")
+    now = time.time()
+    started = float(training_started_at) if training_started_at is not None else now
+    finished = float(training_finished_at) if training_finished_at is not None else now
+    reso = _parse_resolution(values.get("max_resolution") or values.get("resolution"), family)
+    output_name = str(values.get("output_name") or "last")
+    net_args = ({str(k): _s(v) for k, v in network_args.items()} if network_args is not None
+                else network_args_from_values(values))
+    network_dim = values.get("network_dim", 8)
+    network_alpha = values.get("network_alpha", 1.0)
+
+    md: dict[str, str] = {
+        "ss_session_id": _s(session_id if session_id is not None else random.randint(0, 2**32 - 1)),
+        "ss_training_started_at": _s(started),
+        "ss_training_finished_at": _s(finished),
+        "ss_output_name": output_name,
+        "ss_sd_model_name": str(base_model_name or values.get("pretrained_model_name_or_path") or ""),
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": _s(int(float(network_dim))),
+        "ss_network_alpha": _s(float(network_alpha if network_alpha not in (None, "") else 1.0)),
+        "ss_network_args": json.dumps(net_args, ensure_ascii=False),
+        "ss_v2": _s(family == "sd2"),
+        "ss_base_model_version": base_model_version(family, v_prediction),
+        "ss_v_parameterization": _s(bool(v_prediction)),
+        "ss_resolution": f"({reso[0]}, {reso[1]})",  # str() of a tuple, as sd-scripts writes it
+        "ss_num_train_images": _s(int(num_train_images)),
+        "ss_num_reg_images": _s(int(num_reg_images)),
+        "ss_num_batches_per_epoch": _s(int(num_batches_per_epoch)),
+        "ss_num_epochs": _s(values.get("epoch", epoch)),
+        "ss_epoch": _s(int(epoch)),
+        "ss_steps": _s(int(steps)),
+        "ss_tag_frequency": json.dumps(dict(tag_frequency or {}), ensure_ascii=False),
+        "ss_dataset_dirs": json.dumps(dict(dataset_dirs or {}), ensure_ascii=False),
+    }
+    if reg_dataset_dirs:
+        md["ss_reg_dataset_dirs"] = json.dumps(dict(reg_dataset_dirs), ensure_ascii=False)
+    if bucket_info:
+        md["ss_bucket_info"] = json.dumps(dict(bucket_info), ensure_ascii=False)
+    for key, ss_key in _SS_FROM_VALUES.items():
+        if key in values and values[key] is not None:
+            md[ss_key] = _s(values[key])
+    if "optimizer" in values:
+        opt = str(values["optimizer"])
+        opt_args = values.get("optimizer_args")
+        if opt_args:
+            opt += f"({opt_args if isinstance(opt_args, str) else ','.join(map(str, opt_args))})"
+        md["ss_optimizer"] = opt
+    if "train_batch_size" in values:
+        try:
+            md["ss_total_batch_size"] = _s(int(values["train_batch_size"]) * int(values.get("gradient_accumulation_steps") or 1))
+        except (TypeError, ValueError):
+            pass
+    md.setdefault("ss_clip_skip", "None")  # sd-scripts writes str(args.clip_skip) even when unset
+
+    # SAI ModelSpec (sd-scripts library/sai_model_spec.py values).
+    title = values.get("metadata_title") or values.get("output_name") or f"LoRA@{finished}"
+    md["modelspec.sai_model_spec"] = "1.0.1"
+    md["modelspec.architecture"] = modelspec_architecture(family, v_prediction)
+    md["modelspec.implementation"] = ("https://github.com/Stability-AI/generative-models" if family == "sdxl"
+                                      else "diffusers")
+    md["modelspec.implementation_version"] = f"patina/{__version__}"
+    md["modelspec.title"] = str(title)
+    md["modelspec.resolution"] = f"{reso[0]}x{reso[1]}"
+    md["modelspec.date"] = datetime.datetime.fromtimestamp(int(finished)).isoformat()
+    md["modelspec.prediction_type"] = "v" if v_prediction else "epsilon"
+    clip_skip = values.get("clip_skip")
+    if clip_skip not in (None, "", 0):
+        md["modelspec.encoder_layer"] = _s(clip_skip)
+    lo, hi = values.get("min_timestep"), values.get("max_timestep")
+    if lo not in (None, "") or hi not in (None, ""):
+        md["modelspec.timestep_range"] = f"{int(lo or 0)},{int(hi if hi not in (None, '') else 1000)}"
+    for field_name in ("author", "description", "license", "tags"):
+        v = values.get(f"metadata_{field_name}")
+        if v not in (None, ""):
+            md[f"modelspec.{field_name}"] = _s(v)
+    return md
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Save / read
+# ----------------------------------------------------------------------------------------------------------
+
+def _tensor_data_sha256(blob: bytes) -> str:
+    n = int.from_bytes(blob[:8], "little")
+    return hashlib.sha256(memoryview(blob)[8 + n:]).hexdigest()
+
+
+def model_hashes(state_dict: Mapping[str, Any], metadata: Mapping[str, str]) -> tuple[str, str]:
+    """(``sshs_model_hash``, ``sshs_legacy_hash``) as sd-scripts computes them: serialise the tensors with
+    only the ``ss_*`` metadata; the model hash is the sha256 of the bytes after the header (the tensor data,
+    so later metadata edits do not change it); the legacy hash is the first 8 hex digits of the sha256 of
+    bytes [0x100000, 0x110000) of that serialisation (sd-webui-additional-networks' old hash)."""
+    import safetensors.torch
+
+    ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
+    blob = safetensors.torch.save(dict(state_dict), metadata=ss_only)
+    legacy = hashlib.sha256(blob[0x100000:0x110000]).hexdigest()[:8]
+    return _tensor_data_sha256(blob), legacy
+
+
+def save_lora(path: str | os.PathLike, state_dict: Mapping[str, Any], metadata: Mapping[str, str] | None = None,
+              precision: str = "fp16") -> dict[str, str]:
+    """Write a LoRA ``.safetensors`` atomically (temporary file in the same folder, then ``os.replace``; a
+    crash leaves the previous file as it was). Tensors are cast to *precision* (fp16, bf16 or float) and made
+    contiguous; ``sshs_model_hash``/``sshs_legacy_hash`` are added. Returns the metadata written."""
+    import safetensors.torch
+    import torch
+
+    dtype_name = PRECISIONS.get(str(precision).lower())
+    if dtype_name is None:
+        raise PatinaError(f"Unknown save precision {precision!r}: use fp16, bf16 or float.")
+    dtype = getattr(torch, dtype_name)
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise PatinaError(f"LoRA files are saved as .safetensors; {path.name} has another extension.")
+    md: dict[str, str] = {}
+    for k, v in (metadata or {}).items():
+        if k in FORBIDDEN_METADATA:
+            raise ValueError(f"metadata key {k!r} must not be written to a kohya-format LoRA "
+                             "(diffusers then refuses the file)")
+        if not isinstance(v, str):
+            raise TypeError(f"metadata value of {k!r} is {type(v).__name__}; safetensors metadata must be str")
+        md[str(k)] = v
+    tensors = {}
+    for k, t in state_dict.items():
+        t = t.detach().to("cpu")
+        if t.is_floating_point():
+            t = t.to(dtype)
+        tensors[k] = t.contiguous()
+    md["sshs_model_hash"], md["sshs_legacy_hash"] = model_hashes(tensors, md)
+
+    tmp = atomic_temp_path(path)
+    try:
+        safetensors.torch.save_file(tensors, str(tmp), metadata=md)
+        commit_temp(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return md
+
+
+def _open_error(path: Path, exc: Exception) -> PatinaError:
+    return PatinaError(f"{path} is not a readable .safetensors file ({exc}). Is it a LoRA saved as "
+                       ".ckpt/.pt, a partial download, or another kind of file?")
+
+
+def read_lora_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The safetensors metadata of *path* (without reading the tensors)."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own SafetensorError / OSError types
+        raise _open_error(path, exc) from exc
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise PatinaError(f"LoRA file not found: {path}")
+    if path.is_dir():
+        raise PatinaError(f"{path} is a folder; choose the LoRA .safetensors file inside it.")
+    return path
+
+
+def read_lora(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+    """(state_dict, metadata) of a ``.safetensors`` LoRA file. Raises :class:`PatinaError` for a missing file,
+    a file that is not safetensors, or one that holds no LoRA weights."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise _open_error(path, exc) from exc
+    if not _looks_like_lora(sd):
+        sample = ", ".join(list(sd)[:3]) or "no tensors at all"
+        raise PatinaError(f"{path.name} is a safetensors file but not a LoRA (it holds {len(sd)} tensors such as "
+                          f"{sample}). Choose a LoRA file (keys like lora_unet_….lora_down.weight).")
+    return sd, metadata
+
+
+_LORA_SUFFIXES = ("lora_down.weight", "lora_up.weight", "lora_A.weight", "lora_B.weight", "hada_w1_a",
+                  "lokr_w1", "lokr_w1_a", "lora.down.weight", "lora_linear_layer.down.weight", "oft_blocks",
+                  "oft_diag", "diff", "alpha")
+
+
+def _looks_like_lora(sd: Mapping) -> bool:
+    return any(k.endswith(_LORA_SUFFIXES[:-1]) or (k.startswith(KOHYA_PREFIXES) and k.endswith(".alpha")) for k in sd)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Verify
+# ----------------------------------------------------------------------------------------------------------
+
+_TE_RE = re.compile(r"^lora_te[12]?_text_model_encoder_layers_(\d+)_(self_attn_(q|k|v|out)_proj|mlp_fc[12])$")
+_TE_FLAT_RE = re.compile(r"^lora_te[12]?_encoder_layers_(\d+)_")
+_SGM_RE = re.compile(r"^lora_unet_(input_blocks|middle_block|output_blocks|out|time_embed|label_emb)_")
+_DIFFUSERS_UNET_RE = re.compile(r"^lora_unet_(down_blocks|mid_block|up_blocks|conv_in|conv_out|time_embedding|add_embedding)_")
+_TOP_LEVEL_RE = re.compile(r"^lora_unet_(conv_in|conv_out|time_embedding|add_embedding|input_blocks_0_0|out_2|time_embed|label_emb)(_|$)")
+
+CLIENTS = ("A1111", "Forge", "ComfyUI", "InvokeAI", "diffusers")
+
+
+@dataclass
+class ModuleReport:
+    name: str
+    part: str  # unet / te1 / te2 / other
+    kind: str  # linear / conv1x1 / conv3x3 / loha / lokr / other
+    rank: int | None
+    alpha: float | None
+    tensors: list[str]
+    untrained: bool = False  # lora_up all zero
+    nonfinite: bool = False  # NaN or inf anywhere
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    file_size: int
+    num_tensors: int
+    format: str  # "kohya", "diffusers-peft", "unknown"
+    family: str | None  # sd1 / sd2 / sdxl / None (unknown)
+    family_source: str
+    modules: list[ModuleReport]
+    counts: dict[str, int]  # unet / te1 / te2 / other
+    ranks: list[int]
+    alphas: list[float]
+    conv3x3_modules: int
+    conv1x1_modules: int
+    unet_naming: str  # "diffusers", "sgm", "mixed", "none"
+    te_naming: str  # "text_model", "flat (no text_model_)", "mixed", "none"
+    metadata: dict[str, str]
+    metadata_summary: dict[str, str]
+    untrained: list[str]
+    nonfinite: list[str]
+    compat: dict[str, tuple[bool, list[str]]]  # client -> (loads correctly, reasons)
+    warnings: list[str] = field(default_factory=list)
+    hash_ok: bool | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.nonfinite and all(ok for ok, _ in self.compat.values())
+
+
+def _module_kind(tensors: Mapping[str, Any]) -> str:
+    if "hada_w1_a" in tensors:
+        return "loha"
+    if any(k.startswith("lokr_") for k in tensors):
+        return "lokr"
+    down = tensors.get("lora_down.weight")
+    if down is None:
+        down = tensors.get("lora_A.weight")
+    if down is None:
+        return "other"
+    if down.ndim == 4:
+        return "conv1x1" if tuple(down.shape[2:]) == (1, 1) else "conv3x3"
+    return "linear"
+
+
+def _part(name: str) -> str:
+    if name.startswith("lora_unet_") or name.startswith("unet.") or name.startswith("lycoris_"):
+        return "unet"
+    if name.startswith(("lora_te_", "lora_te1_", "text_encoder.")):
+        return "te1"
+    if name.startswith(("lora_te2_", "text_encoder_2.")):
+        return "te2"
+    return "other"
+
+
+def _group_modules(sd: Mapping[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Group tensors by module. kohya names split at the first '.', PEFT/diffusers names before the
+    ``lora_A``/``lora_B`` part."""
+    if any(k.startswith(KOHYA_PREFIXES) or k.startswith("lycoris_") for k in sd):
+        groups: dict[str, dict[str, Any]] = {}
+        for k, v in sd.items():
+            name, _, suffix = k.partition(".")
+            groups.setdefault(name, {})[suffix] = v
+        return "kohya", groups
+    groups = {}
+    fmt = "unknown"
+    for k, v in sd.items():
+        m = re.match(r"^(.*)\.(lora_A|lora_B|lora\.down|lora\.up|lora_linear_layer\.down|lora_linear_layer\.up)\.weight$", k)
+        if m:
+            fmt = "diffusers-peft"
+            suffix = {"lora_A": "lora_down.weight", "lora.down": "lora_down.weight",
+                      "lora_linear_layer.down": "lora_down.weight"}.get(m[2], "lora_up.weight")
+            groups.setdefault(m[1], {})[suffix] = v
+        else:
+            name, _, suffix = k.rpartition(".")
+            groups.setdefault(name or k, {})[suffix] = v
+    return fmt, groups
+
+
+def _detect_family(metadata: Mapping[str, str], groups: Mapping[str, Mapping[str, Any]], unet_naming: str
+                   ) -> tuple[str | None, str]:
+    version = metadata.get("ss_base_model_version", "")
+    arch = metadata.get("modelspec.architecture", "")
+    if version.startswith("sdxl") or arch.startswith("stable-diffusion-xl"):
+        return "sdxl", "metadata"
+    if version.startswith("sd_v2") or metadata.get("ss_v2") == "True" or arch.startswith("stable-diffusion-v2"):
+        return "sd2", "metadata"
+    if version.startswith("sd_v1") or arch.startswith("stable-diffusion-v1"):
+        return "sd1", "metadata"
+    if any(n.startswith("lora_te2_") for n in groups) or unet_naming == "sgm":
+        return "sdxl", "key names"
+    # InvokeAI's probe: the input width of a cross-attention to_k is the context width.
+    for n, t in groups.items():
+        if "attn2_to_k" in n and "lora_down.weight" in t:
+            width = int(t["lora_down.weight"].shape[1])
+            guess = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width)
+            if guess:
+                return guess, f"cross-attention width {width}"
+    if any(n.startswith(("lora_te_", "lora_unet_")) for n in groups):
+        return None, "unknown (no metadata; tiny or unusual model)"
+    return None, "unknown"
+
+
+def _metadata_summary(md: Mapping[str, str]) -> dict[str, str]:
+    keys = ("ss_output_name", "modelspec.title", "ss_base_model_version", "modelspec.architecture",
+            "ss_sd_model_name", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
+            "ss_resolution", "ss_num_train_images", "ss_num_epochs", "ss_epoch", "ss_steps", "ss_learning_rate",
+            "ss_unet_lr", "ss_text_encoder_lr", "ss_optimizer", "ss_clip_skip", "ss_training_started_at",
+            "sshs_model_hash", "modelspec.prediction_type")
+    out = {k: md[k] for k in keys if k in md}
+    if "ss_tag_frequency" in md:
+        try:
+            freq = json.loads(md["ss_tag_frequency"])
+            tags: dict[str, int] = {}
+            for per_dir in freq.values():
+                for tag, count in (per_dir or {}).items():
+                    tags[tag] = tags.get(tag, 0) + int(count)
+            top = sorted(tags.items(), key=lambda kv: -kv[1])[:8]
+            out["top tags"] = ", ".join(f"{t} ({c})" for t, c in top) or "(none)"
+        except (ValueError, AttributeError, TypeError):
+            out["top tags"] = "(ss_tag_frequency is not valid JSON)"
+    return out
+
+
+def verify_lora(path: str | os.PathLike) -> VerifyReport:
+    """Inspect a LoRA file like kohya's "Verify LoRA": modules per part, ranks, alphas, conv modules,
+    untrained (all-zero lora_up) and NaN/inf modules, metadata, and which loaders the key format suits."""
+    import torch
+
+    path = Path(path)
+    sd, md = read_lora(path)
+    fmt, groups = _group_modules(sd)
+    modules: list[ModuleReport] = []
+    for name, tensors in groups.items():
+        down = tensors.get("lora_down.weight")
+        up = tensors.get("lora_up.weight")
+        alpha_t = tensors.get("alpha")
+        rank = int(down.shape[0]) if down is not None else None
+        alpha = float(alpha_t.float().item()) if alpha_t is not None and alpha_t.numel() == 1 else None
+        nonfinite = any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors.values())
+        untrained = up is not None and not bool((up != 0).any())
+        modules.append(ModuleReport(name, _part(name), _module_kind(tensors), rank, alpha, sorted(tensors),
+                                    untrained, nonfinite))
+
+    counts = {"unet": 0, "te1": 0, "te2": 0, "other": 0}
+    for m in modules:
+        counts[m.part] += 1
+    unet_names = [m.name for m in modules if m.name.startswith("lora_unet_")]
+    n_sgm = sum(1 for n in unet_names if _SGM_RE.match(n))
+    n_diff = sum(1 for n in unet_names if _DIFFUSERS_UNET_RE.match(n))
+    unet_naming = ("none" if not unet_names else "mixed" if n_sgm and n_diff else "sgm" if n_sgm
+                   else "diffusers" if n_diff else "unrecognised")
+    te_names = [m.name for m in modules if m.name.startswith(("lora_te_", "lora_te1_", "lora_te2_"))]
+    n_te_ok = sum(1 for n in te_names if _TE_RE.match(n))
+    n_te_flat = sum(1 for n in te_names if _TE_FLAT_RE.match(n))
+    te_naming = ("none" if not te_names else "text_model" if n_te_ok == len(te_names)
+                 else "flat (no text_model_)" if n_te_flat == len(te_names) else "mixed")
+    family, family_source = _detect_family(md, groups, unet_naming)
+
+    report = VerifyReport(
+        path=str(path), file_size=path.stat().st_size, num_tensors=len(sd), format=fmt, family=family,
+        family_source=family_source, modules=modules, counts=counts,
+        ranks=sorted({m.rank for m in modules if m.rank is not None}),
+        alphas=sorted({m.alpha for m in modules if m.alpha is not None}),
+        conv3x3_modules=sum(1 for m in modules if m.kind == "conv3x3"),
+        conv1x1_modules=sum(1 for m in modules if m.kind == "conv1x1"),
+        unet_naming=unet_naming, te_naming=te_naming, metadata=md, metadata_summary=_metadata_summary(md),
+        untrained=[m.name for m in modules if m.untrained], nonfinite=[m.name for m in modules if m.nonfinite],
+        compat={},
+    )
+    if "sshs_model_hash" in md:
+        report.hash_ok = tensor_data_hash(path) == md["sshs_model_hash"]
+        if not report.hash_ok:
+            report.warnings.append("sshs_model_hash does not match the tensor data: the weights were changed "
+                                   "after saving (A1111 will show a stale hash).")
+    _judge_compat(report, sd, groups)
+    return report
+
+
+def _judge_compat(r: VerifyReport, sd: Mapping[str, Any], groups: Mapping[str, Mapping[str, Any]]) -> None:
+    problems: dict[str, list[str]] = {c: [] for c in CLIENTS}
+    notes: dict[str, list[str]] = {c: [] for c in CLIENTS}
+
+    def fail(clients, why):
+        for c in clients:
+            problems[c].append(why)
+
+    names = list(groups)
+    if r.format == "diffusers-peft":
+        fail(("A1111", "Forge", "ComfyUI"),
+             "diffusers/PEFT key format (unet.…lora_A.weight); A1111/Forge/ComfyUI map only kohya names — "
+             "convert it to kohya format")
+        notes["InvokeAI"].append("diffusers/PEFT key format: not checked for InvokeAI; kohya format is safer")
+    elif r.format == "unknown":
+        fail(CLIENTS, "no known LoRA key layout")
+    else:
+        others = sorted({k.split(".")[0].split("_")[0] for k in sd if not k.startswith(KOHYA_PREFIXES)})
+        lycoris = [k for k in sd if k.startswith("lycoris_")]
+        if lycoris:
+            fail(("A1111", "InvokeAI"), "uses the 'lycoris_' prefix, which only ComfyUI-based loaders map")
+        if any(not k.startswith(KOHYA_PREFIXES) and not k.startswith("lycoris_") for k in sd):
+            fail(("diffusers",), f"keys outside lora_unet_/lora_te*_ ({', '.join(others)}…) switch off diffusers' "
+                                 "kohya conversion")
+        elif lycoris:
+            fail(("diffusers",), "the 'lycoris_' prefix is not a kohya prefix diffusers recognises")
+
+        if r.unet_naming == "mixed":
+            fail(("InvokeAI",), "UNet keys mix SGM (input_blocks…) and diffusers (down_blocks…) names; InvokeAI "
+                                "refuses partially convertible SDXL files")
+            fail(("diffusers",), "UNet keys mix SGM and diffusers names; diffusers silently drops every SGM key")
+        if r.unet_naming == "sgm" and r.family in ("sd1", "sd2"):
+            fail(("diffusers",), "SGM UNet names in an SD1/SD2 file; diffusers maps SGM names only for SDXL")
+        if r.family == "sdxl" and r.unet_naming == "diffusers":
+            if any("up_blocks_0_upsamplers" in n for n in names):
+                fail(("A1111",), "SDXL upsampler LoRA in diffusers names: A1111 computes the wrong output block")
+            notes["InvokeAI"].append("SDXL UNet in diffusers names (sd-scripts writes SGM names); loads")
+
+        flat = [n for n in names if _TE_FLAT_RE.match(n)]
+        if flat:
+            why = (f"{len(flat)} text encoder key(s) lack 'text_model_' (lora_te*_encoder_layers_…, the "
+                   "transformers ≥ 5.6 naming bug); those modules are silently ignored")
+            fail(("A1111", "Forge", "ComfyUI", "InvokeAI"), why)
+            notes["diffusers"].append("text encoder keys without text_model_ load only with transformers ≥ 5.6")
+        if r.family in ("sd1", "sd2") and any(n.startswith("lora_te1_") for n in names) \
+                and not any(n.startswith("lora_te2_") for n in names):
+            fail(("InvokeAI",), "SD1/SD2 text encoder written as lora_te1_; InvokeAI's SD1 path reads lora_te_ "
+                                "(the text encoder part is ignored)")
+        if r.family == "sdxl" and any(n.startswith("lora_te_") for n in names):
+            fail(("A1111", "InvokeAI"), "SDXL file with lora_te_ keys (SDXL loaders expect lora_te1_/lora_te2_; "
+                                        "the text encoder part is ignored)")
+
+        # TE2 attention: A1111 patches OpenCLIP in_proj only when q, k, v and out all exist.
+        te2_layers: dict[str, set[str]] = {}
+        for n in names:
+            m = re.match(r"^lora_te2_text_model_encoder_layers_(\d+)_self_attn_(q|k|v|out)_proj$", n)
+            if m:
+                te2_layers.setdefault(m[1], set()).add(m[2])
+        partial = sorted((int(k) for k, v in te2_layers.items() if v != {"q", "k", "v", "out"}))
+        if partial:
+            fail(("A1111",), f"text encoder 2 layers {partial[:6]} train only part of q/k/v/out; A1111 applies TE2 "
+                             "attention LoRA only when all four exist (silently ignored)")
+
+        suffixes = {s for t in groups.values() for s in t}
+        if any(s.startswith(("hada_", "lokr_")) for s in suffixes):
+            fail(("diffusers",), "LyCORIS LoHa/LoKr tensors; diffusers' SD/SDXL loader supports only LoRA/LoCon")
+        if "lora_mid.weight" in suffixes:
+            fail(("diffusers",), "Tucker 'lora_mid' tensors (LoCon with use_tucker); diffusers raises on them")
+        if "dora_scale" in suffixes:
+            notes["diffusers"].append("dora_scale is dropped with a warning (the DoRA part is not applied)")
+            fail(("diffusers",), "DoRA (dora_scale) is dropped by diffusers, so the result differs")
+            out_axis = any(t["dora_scale"].ndim >= 2 and t["dora_scale"].shape[0] > 1 and t["dora_scale"].shape[1] == 1
+                           for t in groups.values() if "dora_scale" in t)
+            if out_axis:
+                fail(("A1111", "InvokeAI"), "output-axis dora_scale (out,1): A1111 broadcasts it wrongly, InvokeAI "
+                                            "expects input-axis")
+        if any(s in ("lora_A.weight", "lora_B.weight") for s in suffixes):
+            fail(("diffusers", "InvokeAI"), "lora_A/lora_B tensors under kohya names are not read by this loader")
+        unknown = sorted(s for s in suffixes if s not in ("lora_down.weight", "lora_up.weight", "alpha", "lora_mid.weight",
+                                                          "dora_scale", "lora_A.weight", "lora_B.weight", "scale")
+                         and not s.startswith(("hada_", "lokr_")))
+        if unknown:
+            fail(("A1111", "Forge"), f"unknown tensor kinds {unknown[:4]}: A1111 stops at a module of no known "
+                                     "type (AssertionError for the whole file)")
+            fail(("diffusers",), f"unknown tensor kinds {unknown[:4]}: diffusers raises 'keys have not been "
+                                 "correctly renamed'")
+        if any(_TOP_LEVEL_RE.match(n) for n in names):
+            notes["diffusers"].append("conv_in/conv_out/time embedding modules need diffusers ≥ 0.39")
+        missing_alpha = [n for n, t in groups.items() if "lora_down.weight" in t and "alpha" not in t]
+        if missing_alpha:
+            r.warnings.append(f"{len(missing_alpha)} module(s) have no alpha: every loader then uses scale 1.0")
+        if r.counts["unet"] and not any(("attn2_to_k" in n or "attn2_to_v" in n) for n in names):
+            for c in ("InvokeAI",):
+                notes[c].append("no attn2 to_k/to_v module: InvokeAI's base-model probe may guess the family wrong")
+
+    if "lora_adapter_metadata" in r.metadata and r.format == "kohya":
+        fail(("diffusers",), "metadata has 'lora_adapter_metadata': diffusers raises 'Both network_alphas and "
+                             "metadata cannot be specified'")
+    if r.nonfinite:
+        fail(CLIENTS, f"{len(r.nonfinite)} module(s) contain NaN/inf: images will be black or noise")
+    if r.untrained:
+        r.warnings.append(f"{len(r.untrained)} module(s) are untrained (lora_up all zero): they do nothing")
+    r.compat = {c: (not problems[c], problems[c] + [f"note: {n}" for n in notes[c]]) for c in CLIENTS}
+
+
+def format_verify_report(report: VerifyReport) -> str:
+    """A plain-text rendering of :func:`verify_lora`'s report, for the GUI's text box and the CLI."""
+    r = report
+    lines = [f"LoRA file: {r.path}", f"Size: {r.file_size:,} bytes, {r.num_tensors} tensors, key format: {r.format}"]
+    fam = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}.get(r.family or "", "unknown")
+    lines.append(f"Base model: {fam} (from {r.family_source})")
+    te = f"TE1 {r.counts['te1']}, TE2 {r.counts['te2']}" if r.counts["te2"] or r.family == "sdxl" else f"TE {r.counts['te1']}"
+    lines.append(f"Modules: {len(r.modules)} (UNet {r.counts['unet']}, {te}"
+                 + (f", other {r.counts['other']}" if r.counts["other"] else "") + ")")
+    lines.append(f"UNet names: {r.unet_naming}; text encoder names: {r.te_naming}")
+    lines.append(f"Ranks: {', '.join(map(str, r.ranks)) or '-'}; alphas: "
+                 f"{', '.join(_fmt_num(a) for a in r.alphas) or '- (none: scale 1.0)'}")
+    lines.append(f"Conv modules: {r.conv3x3_modules} 3x3 (LoCon), {r.conv1x1_modules} 1x1")
+    if r.metadata_summary:
+        lines.append("Metadata:")
+        lines.extend(f"  {k}: {v if len(v) <= 120 else v[:117] + '...'}" for k, v in r.metadata_summary.items())
+    else:
+        lines.append("Metadata: none")
+    if r.hash_ok is not None:
+        lines.append(f"Model hash: {'matches the tensors' if r.hash_ok else 'DOES NOT MATCH the tensors'}")
+    if r.nonfinite:
+        lines.append(f"NaN/inf in {len(r.nonfinite)} module(s):")
+        lines.extend(f"  {n}" for n in r.nonfinite[:20])
+    if r.untrained:
+        lines.append(f"Untrained (all-zero lora_up) modules: {len(r.untrained)}")
+        lines.extend(f"  {n}" for n in r.untrained[:20])
+        if len(r.untrained) > 20:
+            lines.append(f"  … and {len(r.untrained) - 20} more")
+    lines.append("Loaders:")
+    for client, (ok, reasons) in r.compat.items():
+        lines.append(f"  {client}: {'OK' if ok else 'PROBLEM'}")
+        lines.extend(f"    - {why}" for why in reasons)
+    for w in r.warnings:
+        lines.append(f"Warning: {w}")
+    return "\n".join(lines)
+
+
+def _fmt_num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def tensor_data_hash(path: str | os.PathLike) -> str:
+    """sha256 of the tensor data of a safetensors file (= ``sshs_model_hash``; Civitai's "AutoV3")."""
+    digest = hashlib.sha256()
+    with open(_existing(path), "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        fh.seek(8 + n)
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+__all__ = [
+    "build_metadata", "save_lora", "read_lora", "read_lora_metadata", "verify_lora", "format_verify_report",
+    "VerifyReport", "ModuleReport", "model_hashes", "tensor_data_hash", "network_args_from_values",
+    "base_model_version", "modelspec_architecture", "CLIENTS",
+]
+
