@@ -1,0 +1,137 @@
+"""``patina train``, ``patina verify`` and ``patina bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+from core.errors import PatinaError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train a LoRA from a config/preset JSON (Ctrl+C stops and saves)")
+    t.add_argument("config", help="Patina config JSON (a kohya_ss config is imported on the fly)")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set train_batch_size=2 (repeatable)")
+    t.add_argument("--resume", metavar="DIR", help="continue from a <name>-state folder")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing <output_name>.safetensors")
+    t.add_argument("--quiet", action="store_true", help="no progress bar, only the plan and the result")
+    t.set_defaults(handler=_train)
+
+    v = sub.add_parser("verify", help="inspect a LoRA file: modules, ranks, alphas, metadata, problems")
+    v.add_argument("file")
+    v.set_defaults(handler=_verify)
+
+    b = sub.add_parser("bench", help="measure training speed with random weights (nothing downloaded)")
+    b.add_argument("--model", choices=("tiny", "sd15", "sdxl"), default="tiny")
+    b.add_argument("--resolution", type=int, default=None, help="square image size (default 512; sdxl 1024; tiny 64)")
+    b.add_argument("--batch-size", type=int, default=1)
+    b.add_argument("--gradient-checkpointing", action="store_true")
+    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--warmup", type=int, default=3, help="steps not timed")
+    b.add_argument("--rank", type=int, default=16)
+    b.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="default: bf16 on CUDA, fp32 on CPU")
+    b.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense peak (bf16) for the MFU figure; default from a small table")
+    b.set_defaults(handler=_bench)
+
+
+class _Printer:
+    """Turns engine events into terminal output: a tqdm bar plus log lines."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, ev) -> None:
+        from core import events as E
+
+        if isinstance(ev, E.Plan):
+            print(ev.text, flush=True)
+        elif isinstance(ev, E.Log):
+            self._write(("warning: " if ev.level == "warning" else "") + ev.text)
+        elif isinstance(ev, E.Status) and ev.phase not in ("training", "done"):
+            self._write(ev.text)
+        elif isinstance(ev, E.Progress) and not self.quiet:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=ev.total_steps, initial=ev.step - 1, unit="step", dynamic_ncols=True)
+            self.bar.n = ev.step
+            self.bar.set_postfix_str(f"epoch {ev.epoch}/{ev.total_epochs} {ev.images_per_sec:.2f} img/s",
+                                     refresh=False)
+            self.bar.refresh()
+        elif isinstance(ev, E.Metrics) and self.bar is not None:
+            self.bar.set_description(f"loss {ev.avg_loss:.4f}", refresh=False)
+        elif isinstance(ev, E.Saved):
+            self._write(f"saved {ev.path}")
+        elif isinstance(ev, E.Sample):
+            self._write(f"sample {ev.path}")
+        elif isinstance(ev, E.Finished):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    def _write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+
+def _train(args) -> int:
+    from core.config import apply_overrides, format_load_report, read_config
+    from core.events import Commands
+
+    result = read_config(args.config)
+    if result.kohya or result.unknown or result.warnings:
+        print(format_load_report(result, args.config))
+    values = apply_overrides(result.values, args.sets)
+    from core.params import check_values, errors
+
+    _, problems = check_values(values)
+    if errors(problems):
+        raise PatinaError(f"{args.config} has invalid settings:", problems=[str(p) for p in errors(problems)])
+
+    commands = Commands()
+
+    def on_sigint(signum, frame):  # first Ctrl+C: stop and save; second: abort
+        if commands.stop_requested:
+            raise KeyboardInterrupt
+        print("\nStopping after this step and saving… (Ctrl+C again to abort without saving)", file=sys.stderr)
+        commands.request_stop()
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        from core.engine import train
+
+        fin = train(values, _Printer(args.quiet), commands, resume=args.resume, overwrite=args.overwrite)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    stream = sys.stderr if fin.status == "failed" else sys.stdout
+    from accelerate.state import PartialState
+
+    if PartialState().is_main_process:
+        print(fin.message, file=stream)
+    return {"finished": 0, "stopped": 0, "failed": 1}[fin.status]
+
+
+def _verify(args) -> int:
+    from core.lora_io import format_verify_report, verify_lora
+
+    report = verify_lora(args.file)
+    print(format_verify_report(report))
+    return 0 if report.ok else 1
+
+
+def _bench(args) -> int:
+    from core.bench import run_bench
+
+    result = run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size,
+                       gradient_checkpointing=args.gradient_checkpointing, steps=args.steps, warmup=args.warmup,
+                       rank=args.rank, precision=args.precision, peak_tflops=args.peak_tflops)
+    print(json.dumps(result, indent=2))
+    return 0

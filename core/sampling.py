@@ -1,0 +1,115 @@
+"""Sample prompts in kohya's syntax, sampler names → diffusers schedulers, and sample file names.
+
+A prompt line is ``text --n negative --w 512 --h 768 --d 42 --s 28 --l 7.5 --ss euler_a``. Blank lines and
+lines starting with ``#`` are skipped (kohya-layout.md §8).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from core.errors import PatinaError
+from core.params import SAMPLERS
+
+
+@dataclass
+class SamplePrompt:
+    prompt: str
+    negative: str = ""
+    width: int = 512
+    height: int = 512
+    seed: int | None = None
+    steps: int = 30
+    cfg_scale: float = 7.5
+    sampler: str | None = None
+    line: int = 0
+
+
+_OPT = re.compile(r"\s--(?=[A-Za-z]+(\s|$))")
+
+
+def parse_prompt_line(line: str, *, default_size: tuple[int, int] = (512, 512), lineno: int = 0) -> SamplePrompt:
+    parts = _OPT.split(" " + line.strip())
+    # re.split with a group returns separators; keep only the text pieces
+    pieces = [p for i, p in enumerate(parts) if i % 2 == 0]
+    sp = SamplePrompt(prompt=pieces[0].strip(), width=default_size[0], height=default_size[1], line=lineno)
+    for piece in pieces[1:]:
+        flag, _, value = piece.strip().partition(" ")
+        flag, value = flag.lower(), value.strip()
+        try:
+            if flag == "n":
+                sp.negative = value
+            elif flag == "w":
+                sp.width = int(value)
+            elif flag == "h":
+                sp.height = int(value)
+            elif flag == "d":
+                sp.seed = int(value)
+            elif flag == "s":
+                sp.steps = max(1, min(1000, int(value)))
+            elif flag == "l":
+                sp.cfg_scale = float(value)
+            elif flag == "ss":
+                if value not in SAMPLERS:
+                    raise ValueError
+                sp.sampler = value
+            # other kohya flags (--g, --cn, --fs, ...) are for other model families: ignored
+        except ValueError:
+            where = f"line {lineno}: " if lineno else ""
+            raise PatinaError(f'Sample prompts, {where}"--{flag} {value}" is not valid '
+                              f"(--w/--h/--d/--s take whole numbers, --l a number, --ss a sampler name).") from None
+    for side in ("width", "height"):
+        v = getattr(sp, side)
+        if v < 64 or v > 4096:
+            raise PatinaError(f"Sample prompts, line {lineno}: {side} {v} must be 64–4096.")
+        setattr(sp, side, v - v % 8)
+    return sp
+
+
+def parse_prompts(text: str, *, default_size: tuple[int, int] = (512, 512)) -> list[SamplePrompt]:
+    out = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        out.append(parse_prompt_line(line, default_size=default_size, lineno=i))
+    return out
+
+
+def make_scheduler(sampler: str, scheduler_config: dict):
+    """A diffusers scheduler for kohya's sampler name; ``k_`` variants use Karras sigmas where supported."""
+    import diffusers as d
+
+    base = sampler[2:] if sampler.startswith("k_") else sampler
+    karras = sampler.startswith("k_")
+    classes = {
+        "ddim": d.DDIMScheduler, "pndm": d.PNDMScheduler, "lms": d.LMSDiscreteScheduler,
+        "euler": d.EulerDiscreteScheduler, "euler_a": d.EulerAncestralDiscreteScheduler, "heun": d.HeunDiscreteScheduler,
+        "dpm_2": d.KDPM2DiscreteScheduler, "dpm_2_a": d.KDPM2AncestralDiscreteScheduler,
+        "dpmsolver": d.DPMSolverMultistepScheduler, "dpmsolver++": d.DPMSolverMultistepScheduler,
+        "dpmsingle": d.DPMSolverSinglestepScheduler,
+    }
+    if base not in classes:
+        raise PatinaError(f'Unknown sampler "{sampler}"; choose one of {", ".join(SAMPLERS)}.')
+    cls = classes[base]
+    kwargs = {}
+    if base == "dpmsolver":
+        kwargs["algorithm_type"] = "dpmsolver"
+    elif base == "dpmsolver++":
+        kwargs["algorithm_type"] = "dpmsolver++"
+    if base == "pndm":
+        kwargs["skip_prk_steps"] = True
+    if karras and "use_karras_sigmas" in cls.__init__.__code__.co_varnames:
+        kwargs["use_karras_sigmas"] = True
+    config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    return cls.from_config(config, **kwargs)
+
+
+def sample_filename(output_name: str, *, step: int, epoch: int | None, index: int, seed: int | None,
+                    when: datetime | None = None) -> str:
+    """kohya's naming: ``<name>_<e000001|000500>_<NN>_<YYYYmmddHHMMSS>[_<seed>].png``."""
+    stamp = (when or datetime.now()).strftime("%Y%m%d%H%M%S")
+    at = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
+    seed_part = f"_{seed}" if seed is not None else ""
+    return f"{output_name}_{at}_{index:02d}_{stamp}{seed_part}.png"

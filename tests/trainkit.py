@@ -1,0 +1,54 @@
+"""Shared pieces for engine tests: a tiny learnable dataset and configs for tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from core.params import defaults
+
+PALETTE = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 210, 40), (200, 60, 200), (30, 200, 200)]
+
+
+def make_dataset(root: Path, n: int = 6, repeats: int = 2, size=(64, 64), name="2_sks toy") -> Path:
+    """``root/img/<repeats>_sks toy/`` with *n* simple, learnable images (colour halves) and captions."""
+    folder = root / "img" / name.replace("2_", f"{repeats}_", 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        a = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+        a[:, : size[0] // 2] = PALETTE[i % len(PALETTE)]
+        a[:, size[0] // 2:] = PALETTE[(i + 2) % len(PALETTE)]
+        Image.fromarray(a).save(folder / f"img{i:02d}.png")
+        (folder / f"img{i:02d}.txt").write_text(f"sks toy, colour {i % len(PALETTE)}", encoding="utf-8")
+    return root / "img"
+
+
+def tiny_cfg(model_dir: Path, data_dir: Path, out_dir: Path, **overrides) -> dict:
+    cfg = defaults()
+    cfg.update(
+        pretrained_model_name_or_path=str(model_dir), train_data_dir=str(data_dir), output_dir=str(out_dir),
+        output_name="tiny", max_resolution="64,64", min_bucket_reso=64, max_bucket_reso=128, bucket_reso_steps=64,
+        optimizer="AdamW", mixed_precision="no", learning_rate=1e-3, unet_lr=1e-3, text_encoder_lr=1e-4,
+        network_dim=4, network_alpha=4.0, train_batch_size=2, epoch=2, save_every_n_epochs=0, seed=1234,
+        lr_scheduler="constant", save_precision="float", xformers="sdpa",
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+class Collector:
+    """An ``emit`` that keeps every event, and can run a hook on each."""
+
+    def __init__(self, hook=None):
+        self.events = []
+        self.hook = hook
+
+    def __call__(self, ev):
+        self.events.append(ev)
+        if self.hook:
+            self.hook(ev)
+
+    def of(self, cls):
+        return [e for e in self.events if isinstance(e, cls)]
