@@ -1,0 +1,860 @@
+"""The Dataset tab: browse the training images by concept folder, see which ones training will reject,
+and edit captions (one at a time, or find/replace and prefix/postfix across a folder).
+
+Public API used by the main window::
+
+    tab = DatasetTab(parent)
+    tab.folders_prepared.connect(...)   # dict: train_data_dir, reg_data_dir, output_dir, logging_dir
+    tab.set_dataset(train_data_dir, caption_extension)
+    tab.flush()                          # write pending caption edits now (before closing)
+
+Listing a folder reads only names; caption texts, the image check (a full decode of every image with
+``core.dataset.images.probe_image``) and thumbnails come from background threads. Images are never
+written; captions only by an explicit edit, atomically, undoably.
+"""
+
+from __future__ import annotations
+
+from html import escape
+import json
+import os
+import re
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from PySide6.QtCore import QEvent, QModelIndex, QObject, Qt, QThread, QThreadPool, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence, QPixmap, QUndoStack
+from PySide6.QtWidgets import (QApplication, QComboBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSplitter,
+                               QStackedWidget, QTabWidget, QToolButton, QVBoxLayout, QWidget)
+
+from core.atomic import atomic_write_text
+from core.dataset.captions import normalize_extension, read_caption, tag_frequency
+from core.dataset.folders import scan_dataset
+from core.dataset.images import ImageCheck, probe_image
+from core.errors import PatinaError
+from core.paths import user_config_dir
+from gui.caption_editor import (APPLIED, MISSING, SCOPE_FOLDER, UNCHANGED, BatchPanel, CaptionChange,
+                                CaptionCommand, CaptionPanel, CaptionStore, TagFrequencyPanel, add_postfix,
+                                add_prefix, replace_text)
+from gui.image_grid import ImageFilterProxy, ImageGridView, ImageItem, ImageListModel, ItemRole, list_dataset
+from gui.thumbnails import THUMB_PX, ThumbnailLoader
+from gui.widgets import ERROR_COLOR, Banner
+from gui.wizard_dialog import FolderWizardDialog
+
+PREVIEW_PX = 1024
+STATE_FILE = "dataset_tab.json"
+
+CONVENTION_HTML = (
+    "Training reads the images in <b>subfolders named <code>&lt;repeats&gt;_&lt;name&gt;</code></b> of the "
+    "image folder, for example <code>img/40_sks dog/</code>. Each image in <code>40_sks dog</code> is trained "
+    "40 times per epoch, and <code>sks dog</code> is its caption when it has no caption file.<br><br>"
+    "Set the <b>Image folder</b> to the folder that <i>holds</i> those subfolders (<code>img</code>), not to "
+    "a subfolder itself. Starting from a plain folder of pictures? The wizard builds the layout for you "
+    "(your originals are only read).")
+
+
+# --- background check: captions first, then a full decode of every image ----------------------------------
+
+class DatasetChecker(QObject):
+    """Reads every caption, then checks every image with ``probe_image``, on one background thread.
+
+    Results come back in batches tagged with a generation number, so a folder switch simply ignores the
+    old run. Check results are remembered by (path, modification time, size) for the session.
+    """
+
+    captions = Signal(int, object)   # gen, {image path: (text or None, warning)}  (object: no QVariant copy)
+    checks = Signal(int, object)     # gen, [ImageCheck]
+    progress = Signal(int, int, int)  # gen, done, total
+    finished = Signal(int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._pool = QThreadPool()
+        self._pool.setMaxThreadCount(1)
+        self._gen = 0
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, int, int], ImageCheck] = {}
+
+    @property
+    def generation(self) -> int:
+        return self._gen
+
+    def start(self, items: list[ImageItem]) -> int:
+        with self._lock:
+            self._gen += 1
+            gen = self._gen
+        work = [(str(it.path), it.caption_file, it.has_caption) for it in items]
+        self._pool.start(lambda: self._run(gen, work))
+        return gen
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._gen += 1
+
+    def _live(self, gen: int) -> bool:
+        return gen == self._gen
+
+    def shutdown(self) -> None:
+        self.cancel()
+        self._pool.waitForDone(10000)
+
+    def _run(self, gen: int, work: list[tuple[str, Path, bool]]) -> None:
+        QThread.currentThread().setPriority(QThread.Priority.LowPriority)  # honoured where the OS allows
+        batch: dict = {}
+        last = time.monotonic()
+        for path, cap, has in work:
+            if not self._live(gen):
+                return
+            if has:
+                try:
+                    c = read_caption(cap)
+                    batch[path] = (c.text, c.warning)
+                except FileNotFoundError:
+                    batch[path] = (None, None)
+                except OSError as exc:
+                    batch[path] = ("", f"{cap}: cannot be read ({exc.strerror or exc})")
+            else:
+                batch[path] = (None, None)
+            if len(batch) >= 500 or time.monotonic() - last > 0.1:
+                self.captions.emit(gen, batch)
+                batch, last = {}, time.monotonic()
+        if batch and self._live(gen):
+            self.captions.emit(gen, batch)
+
+        total = len(work)
+        checks: list[ImageCheck] = []
+        last = time.monotonic()
+        self.progress.emit(gen, 0, total)
+        for done, (path, _cap, _has) in enumerate(work, 1):
+            if not self._live(gen):
+                return
+            try:
+                st = os.stat(path)
+                key = (path, st.st_mtime_ns, st.st_size)
+            except OSError:
+                key = None
+            check = self._cache.get(key) if key else None
+            if check is None:
+                check = probe_image(path)
+                if key:
+                    self._cache[key] = check
+            checks.append(check)
+            now = time.monotonic()
+            if len(checks) >= 200 or now - last > 0.15:
+                self.checks.emit(gen, checks)
+                self.progress.emit(gen, done, total)
+                checks, last = [], now
+        if self._live(gen):
+            if checks:
+                self.checks.emit(gen, checks)
+            self.progress.emit(gen, total, total)
+            self.finished.emit(gen)
+
+
+# --- the tab -------------------------------------------------------------------------------------------------
+
+class DatasetTab(QWidget):
+    """Browse a kohya-style image folder and edit its captions."""
+
+    folders_prepared = Signal(dict)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._root = ""
+        self._ext = ".txt"
+        self._loaded_key: tuple[str, str] | None = None
+        self._folders = []
+        self._checking: tuple[int, int] | None = None
+        self._batch_running = False
+        self.last_batch_result: tuple[int, int, int, int] | None = None  # changed, count, already, no file
+        self._shut = False
+        self._state = self._load_state()
+        self.wizard: FolderWizardDialog | None = None
+
+        # models, workers
+        self.model = ImageListModel(self)
+        self.proxy = ImageFilterProxy(self)
+        self.proxy.setSourceModel(self.model)
+        self.thumbs = ThumbnailLoader(THUMB_PX)
+        self.previews = ThumbnailLoader(PREVIEW_PX, threads=1, disk_cache=False)
+        self.checker = DatasetChecker()
+        self.store = CaptionStore()
+        self.undo_stack = QUndoStack(self)
+
+        self._build_ui()
+        self._wire()
+        self.caption_panel.set_quick_tags(list(self._state.get("quick_tags", [])))
+        self._show_empty("No image folder set", "")
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.shutdown)
+
+    # --- UI -----------------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        self.folder_combo = QComboBox(self)
+        self.folder_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.folder_combo.setMinimumContentsLength(14)
+        self.folder_combo.setToolTip("Show the images of one concept folder, or of all of them")
+        self.filter_edit = QLineEdit(self)
+        self.filter_edit.setPlaceholderText("Filter by caption text or file name (commas: all must match)")
+        self.filter_edit.setClearButtonEnabled(True)
+        self.filter_edit.setMinimumWidth(220)
+        self.counter = QLabel(self)
+        self.counter.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        self.undo_action = QAction("Undo", self)
+        self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
+        self.redo_action = QAction("Redo", self)
+        self.redo_action.setShortcut(QKeySequence.StandardKey.Redo)
+        self.prev_action = QAction("Previous image", self)
+        self.prev_action.setShortcut(QKeySequence("Alt+Up"))
+        self.next_action = QAction("Next image", self)
+        self.next_action.setShortcut(QKeySequence("Alt+Down"))
+        for a in (self.undo_action, self.redo_action, self.prev_action, self.next_action):
+            a.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            self.addAction(a)
+        self.undo_action.setEnabled(False)
+        self.redo_action.setEnabled(False)
+        self.undo_button = QToolButton(self)
+        self.undo_button.setDefaultAction(self.undo_action)
+        self.redo_button = QToolButton(self)
+        self.redo_button.setDefaultAction(self.redo_action)
+        self.reload_button = QPushButton("Reload", self)
+        self.reload_button.setToolTip("Read the folder again (after adding or removing files elsewhere)")
+        self.wizard_button = QPushButton("Prepare folders…", self)
+        self.wizard_button.setToolTip("Build the img/N_name, reg, model and log folders from a plain folder of images")
+
+        top = QHBoxLayout()
+        top.setSpacing(8)
+        self.folder_label = QLabel("Folder:", self)
+        top.addWidget(self.folder_label)
+        top.addWidget(self.folder_combo)
+        top.addWidget(self.filter_edit, 1)
+        top.addSpacing(8)
+        top.addWidget(self.counter)
+        top.addStretch(0)   # keeps the buttons at their size while the filter box is hidden
+        top.addSpacing(8)
+        top.addWidget(self.undo_button)
+        top.addWidget(self.redo_button)
+        top.addWidget(self.reload_button)
+        top.addWidget(self.wizard_button)
+
+        self.banner = Banner(self)
+
+        # empty state
+        self.empty = QWidget(self)
+        self.empty_title = QLabel(self.empty)
+        font = self.empty_title.font()
+        font.setPointSizeF(font.pointSizeF() * 1.4)
+        font.setBold(True)
+        self.empty_title.setFont(font)
+        self.empty_problem = QLabel(self.empty)
+        self.empty_problem.setWordWrap(True)
+        self.empty_problem.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.empty_problem.setStyleSheet(f"color: {ERROR_COLOR};")
+        self.empty_text = QLabel(CONVENTION_HTML, self.empty)
+        self.empty_text.setWordWrap(True)
+        self.empty_text.setTextFormat(Qt.TextFormat.RichText)
+        self.empty_wizard = QPushButton("Prepare training folders…", self.empty)
+        self.empty_wizard.setDefault(True)
+        self.empty_wizard.setMinimumHeight(self.empty_wizard.sizeHint().height() + 10)
+        self.empty_wizard.setStyleSheet("padding: 4px 16px;")
+        box = QWidget(self.empty)
+        box.setMaximumWidth(640)
+        bl = QVBoxLayout(box)
+        bl.setSpacing(12)
+        bl.addWidget(self.empty_title)
+        bl.addWidget(self.empty_problem)
+        bl.addWidget(self.empty_text)
+        row = QHBoxLayout()
+        row.addWidget(self.empty_wizard)
+        row.addStretch(1)
+        bl.addLayout(row)
+        el = QVBoxLayout(self.empty)
+        el.addStretch(1)
+        eh = QHBoxLayout()
+        eh.addStretch(1)
+        eh.addWidget(box, 3)
+        eh.addStretch(1)
+        el.addLayout(eh)
+        el.addStretch(2)
+
+        # grid + details
+        self.grid = ImageGridView(self)
+        self.grid.setModel(self.proxy)
+        self.model.device_pixel_ratio = self.devicePixelRatioF()
+        self.caption_panel = CaptionPanel(self.store, self.undo_stack, self)
+        self.batch_panel = BatchPanel(self)
+        self.tag_panel = TagFrequencyPanel(self)
+        self.side = QTabWidget(self)
+        self.side.setDocumentMode(True)
+        self.side.addTab(self.caption_panel, "Caption")
+        self.side.addTab(self.batch_panel, "All captions")
+        self.side.addTab(self.tag_panel, "Tag frequency")
+        side_box = QWidget(self)
+        sl = QVBoxLayout(side_box)
+        sl.setContentsMargins(8, 0, 0, 0)
+        sl.addWidget(self.side)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal, self)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.addWidget(self.grid)
+        self.splitter.addWidget(side_box)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
+        self.grid.setMinimumWidth(300)
+        side_box.setMinimumWidth(380)
+        self.splitter.setSizes([760, 480])
+
+        self.stack = QStackedWidget(self)
+        self.stack.addWidget(self.empty)
+        self.stack.addWidget(self.splitter)
+        self.status = QLabel(self)
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 8, 8, 6)
+        layout.setSpacing(6)
+        layout.addLayout(top)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.stack, 1)
+        layout.addWidget(self.status)
+
+        self._filter_timer = QTimer(self, singleShot=True, interval=150)
+        self._counter_timer = QTimer(self, singleShot=True, interval=80)
+        self._tags_timer = QTimer(self, singleShot=True, interval=250)
+
+    def _wire(self) -> None:
+        self.model.request_thumbnail = self.thumbs.request
+        self.thumbs.loaded.connect(self._on_thumbnail)
+        self.thumbs.failed.connect(self.model.set_thumbnail_failed)
+        self.previews.loaded.connect(self._on_preview)
+        self.previews.failed.connect(self._on_preview_failed)
+        self.checker.captions.connect(self._on_captions)
+        self.checker.checks.connect(self._on_checks)
+        self.checker.progress.connect(self._on_check_progress)
+        self.store.finished.connect(self._on_written)
+        self.store.progress.connect(self._on_write_progress)
+
+        self.grid.selectionModel().currentChanged.connect(self._on_current)
+        self.grid.activated.connect(self._edit_caption)   # Enter or double-click: type the caption
+        self.folder_combo.currentIndexChanged.connect(self._on_folder_changed)
+        self.filter_edit.textChanged.connect(self._filter_timer.start)
+        self._filter_timer.timeout.connect(self._apply_filter)
+        self._counter_timer.timeout.connect(self._update_counter)
+        self._tags_timer.timeout.connect(self._update_tags)
+        self.side.currentChanged.connect(self._tags_timer.start)
+
+        self.undo_action.triggered.connect(self.undo)
+        self.redo_action.triggered.connect(self.redo)
+        self.prev_action.triggered.connect(self.select_previous)
+        self.next_action.triggered.connect(self.select_next)
+        self.undo_stack.indexChanged.connect(self._sync_undo_actions)
+        self.undo_stack.cleanChanged.connect(self._sync_undo_actions)
+        self.caption_panel.editor.undo_requested.connect(self.undo)
+        self.caption_panel.editor.redo_requested.connect(self.redo)
+        self.caption_panel.quick_tags_changed.connect(self._save_quick_tags)
+        self.reload_button.clicked.connect(self.reload)
+        self.wizard_button.clicked.connect(self.open_wizard)
+        self.empty_wizard.clicked.connect(self.open_wizard)
+
+        self.batch_panel.replace_requested.connect(self.replace_in_captions)
+        self.batch_panel.prefix_requested.connect(self._on_prefix)
+        self.batch_panel.postfix_requested.connect(self._on_postfix)
+        self.tag_panel.tag_activated.connect(self.filter_edit.setText)
+        self.tag_panel.add_to_quick.connect(self.caption_panel.add_quick_tags)
+
+    # --- public API ------------------------------------------------------------------------------------
+    def set_dataset(self, train_data_dir: str, caption_extension: str) -> None:
+        """Show the concept folders of *train_data_dir*; captions use *caption_extension*.
+
+        Calling it again with the same values does nothing (use :meth:`reload` to re-read the folder).
+        """
+        root = str(train_data_dir or "").strip()
+        ext = normalize_extension(caption_extension)
+        if (root, ext) == self._loaded_key:
+            return
+        folder_changed = root != self._root
+        self.flush()
+        self._root, self._ext = root, ext
+        if folder_changed:
+            self.undo_stack.clear()
+        self._load()
+
+    def flush(self) -> None:
+        """Write the pending caption edit now and wait until every queued caption write is on disk."""
+        self.caption_panel.commit()
+        self.store.wait()
+
+    def reload(self) -> None:
+        """Read the current folder from disk again."""
+        self.flush()
+        self._load()
+
+    def current_item(self) -> ImageItem | None:
+        return self.caption_panel.item
+
+    def select_path(self, path) -> bool:
+        """Select the image at *path* in the grid (False when it is not shown)."""
+        row = self.model.row_of(path)
+        if row < 0:
+            return False
+        idx = self.proxy.mapFromSource(self.model.index(row))
+        if not idx.isValid():
+            return False
+        self.grid.setCurrentIndex(idx)
+        self.grid.scrollTo(idx)
+        return True
+
+    def select_previous(self) -> None:
+        self.move_selection(-1)
+
+    def select_next(self) -> None:
+        self.move_selection(1)
+
+    def move_selection(self, step: int) -> None:
+        rows = self.proxy.rowCount()
+        if not rows:
+            return
+        cur = self.grid.currentIndex()
+        row = min(rows - 1, max(0, (cur.row() if cur.isValid() else -1) + step))
+        self.grid.setCurrentIndex(self.proxy.index(row, 0))
+
+    def undo(self) -> None:
+        if self._batch_running:
+            return
+        self.caption_panel.commit()
+        if self.undo_stack.canUndo():
+            self._set_status(f"Undone: {self.undo_stack.undoText()}")
+            self.undo_stack.undo()
+
+    def redo(self) -> None:
+        if self._batch_running:
+            return
+        self.caption_panel.commit()
+        if self.undo_stack.canRedo():
+            self._set_status(f"Redone: {self.undo_stack.redoText()}")
+            self.undo_stack.redo()
+
+    def open_wizard(self) -> FolderWizardDialog:
+        """Open the folder wizard (non-blocking); returns the dialog."""
+        if self.wizard is not None and self.wizard.isVisible():
+            self.wizard.raise_()
+            self.wizard.activateWindow()
+            return self.wizard
+        self.wizard = FolderWizardDialog(self, values=self._state.get("wizard", {}))
+        self.wizard.prepared.connect(self._on_prepared)
+        self.wizard.open()
+        return self.wizard
+
+    def shutdown(self) -> None:
+        """Save pending edits and stop the background threads (closing)."""
+        if self._shut:
+            return
+        self._shut = True
+        try:
+            self.flush()
+        finally:
+            self.checker.shutdown()
+            self.thumbs.shutdown()
+            self.previews.shutdown()
+
+    # Ctrl+S inside the tab writes the captions now. It is taken before shortcuts are looked up, so the
+    # main window's own Ctrl+S (save the config) neither fires here nor makes the key ambiguous.
+    def event(self, event):
+        if event.type() == QEvent.Type.ShortcutOverride and event.matches(QKeySequence.StandardKey.Save):
+            event.accept()
+            return True
+        return super().event(event)
+
+    def keyPressEvent(self, event):  # noqa: N802
+        if event.matches(QKeySequence.StandardKey.Save):
+            self._save_now()
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+    def closeEvent(self, event):  # noqa: N802
+        self.shutdown()
+        super().closeEvent(event)
+
+    # --- loading ----------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        self._loaded_key = (self._root, self._ext)
+        self.checker.cancel()
+        self.thumbs.cancel_all()
+        self.previews.cancel_all()
+        self._checking = None
+        self.banner.hide()
+        self.caption_panel.show_item(None)
+        self.model.set_items([])
+        root = self._root
+        if not root:
+            self._show_empty("No image folder set", "")
+            return
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            problem = (f"The image folder is a file, not a folder: {path}" if path.exists()
+                       else f"The image folder does not exist: {path}")
+            self._show_empty("This image folder cannot be used", problem)
+            return
+        try:
+            folders, items = list_dataset(path, self._ext)
+        except OSError as exc:
+            self._show_empty("This image folder cannot be read", f"{path}: {exc.strerror or exc}")
+            return
+        if not folders:
+            self._show_empty("No N_name subfolders here", self._layout_problem(path))
+            return
+        self._folders = folders
+        self.model.device_pixel_ratio = self.devicePixelRatioF()
+        self.model.set_items(items)
+        self._fill_folder_combo()
+        self.stack.setCurrentWidget(self.splitter)
+        self._show_browse_controls(True)
+        empty = [f.name for f in folders if not f.count]
+        if empty:
+            self.banner.show_message(
+                "warning", "No images (PNG, JPEG, WebP or BMP) in " + ", ".join(f"<code>{escape(n)}</code>" for n in empty)
+                + ". Subfolders inside a concept folder are not read.")
+        self._set_status(f"{path}")
+        if items:
+            self._checking = (self.checker.start(items), 0)
+            self.grid.setCurrentIndex(self.proxy.index(0, 0))
+        self._schedule_updates()
+
+    @staticmethod
+    def _layout_problem(path: Path) -> str:
+        """Why *path* has no concept folders, worded by the dataset check (cheap: nothing to decode)."""
+        try:
+            scan_dataset(path)
+        except PatinaError as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"{path}: {exc.strerror or exc}"
+        return ""
+
+    def _show_empty(self, title: str, problem: str) -> None:
+        self._folders = []
+        self.folder_combo.blockSignals(True)
+        self.folder_combo.clear()
+        self.folder_combo.addItem("All folders", None)
+        self.folder_combo.blockSignals(False)
+        self.proxy.set_folder(None)
+        self.empty_title.setText(title)
+        self.empty_problem.setText(_code(escape(problem)).replace("\n", "<br>"))
+        self.empty_problem.setVisible(bool(problem))
+        self.stack.setCurrentWidget(self.empty)
+        self._show_browse_controls(False)
+        self._schedule_updates()
+
+    def _show_browse_controls(self, visible: bool) -> None:
+        for w in (self.folder_label, self.folder_combo, self.filter_edit, self.counter, self.undo_button,
+                  self.redo_button):
+            w.setVisible(visible)
+        self.reload_button.setVisible(bool(self._root))
+
+    def _fill_folder_combo(self) -> None:
+        keep = self.folder_combo.currentData()
+        self.folder_combo.blockSignals(True)
+        self.folder_combo.clear()
+        total = sum(f.count for f in self._folders)
+        self.folder_combo.addItem(f"All folders ({total:,})", None)
+        for f in self._folders:
+            self.folder_combo.addItem(f"{f.name} ({f.count:,})", f.name)
+        idx = self.folder_combo.findData(keep) if keep is not None else 0
+        self.folder_combo.setCurrentIndex(max(0, idx))
+        self.folder_combo.blockSignals(False)
+        self.proxy.set_folder(self.folder_combo.currentData())
+
+    # --- background results ------------------------------------------------------------------------------
+    def _on_captions(self, gen: int, captions: dict) -> None:
+        if gen != self.checker.generation:
+            return
+        self.model.set_captions(captions, only_unread=True)
+        if self.proxy.has_text_filter:
+            self._filter_timer.start()
+        self._schedule_updates()
+
+    def _on_checks(self, gen: int, checks: list) -> None:
+        if gen != self.checker.generation:
+            return
+        self.model.set_checks(checks)
+        item = self.caption_panel.item
+        if item is not None and any(c.path == item.path for c in checks):
+            self.caption_panel.show_facts()
+        self._counter_timer.start()
+
+    def _on_check_progress(self, gen: int, done: int, total: int) -> None:
+        if gen != self.checker.generation:
+            return
+        self._checking = (gen, done) if done < total else None
+        self._counter_timer.start()
+
+    def _on_thumbnail(self, path: str, image) -> None:
+        self.model.set_thumbnail(path, image)
+        item = self.caption_panel.item
+        if item is not None and str(item.path) == path and not self.caption_panel.preview.has_image():
+            self.caption_panel.set_preview(QPixmap.fromImage(image))
+
+    def _on_preview(self, path: str, image) -> None:
+        item = self.caption_panel.item
+        if item is not None and str(item.path) == path:
+            self.caption_panel.set_preview(QPixmap.fromImage(image))
+
+    def _on_preview_failed(self, path: str, reason: str) -> None:
+        item = self.caption_panel.item
+        if item is not None and str(item.path) == path:
+            self.caption_panel.set_preview(None, f"Cannot show this image: {item.reason or reason}")
+
+    # --- selection ------------------------------------------------------------------------------------------
+    def _on_current(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        if not current.isValid():
+            return
+        item: ImageItem = current.data(ItemRole)
+        if item is None or item is self.caption_panel.item:
+            return
+        self.caption_panel.commit()
+        if self.store.busy and not self._batch_running:
+            self.store.wait()   # a write of this very caption may still be queued (milliseconds)
+        caption, error = None, ""
+        if item.caption_file.exists() or item.has_caption:
+            try:
+                caption = read_caption(item.caption_file)
+            except FileNotFoundError:
+                caption = None
+            except OSError as exc:
+                error = f"Cannot read {item.caption_file.name}: {exc.strerror or exc}"
+        if caption is not None and item.caption is None:
+            self.model.set_captions({str(item.path): (caption.text, caption.warning)})
+        self.caption_panel.show_item(item, caption, error)
+        if self._batch_running:
+            self.caption_panel.set_read_only(True)
+        pm = self.model.pixmap(item)
+        self.caption_panel.set_preview(pm, "Loading…")
+        self.previews.cancel_all()
+        self.previews.request(str(item.path))
+        self._counter_timer.start()   # the batch scope names the selected image's folder
+
+    # --- edits ------------------------------------------------------------------------------------------------
+    def _on_written(self, tag, result) -> None:
+        self.model.set_captions(result.captions)
+        item = self.caption_panel.item
+        if item is not None and str(item.path) in result.captions:
+            self.caption_panel.reload_text(result.captions[str(item.path)][0])
+        if result.errors:
+            more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
+            self._set_status(result.errors[0] + more, error=True)
+            if tag == "edit":
+                self.caption_panel.show_write_error(result.errors[0])
+        if isinstance(tag, tuple) and tag[0] == "batch":
+            self._finish_batch(tag, result)
+        self._schedule_updates()
+
+    def _edit_caption(self, _index=None) -> None:
+        self.side.setCurrentWidget(self.caption_panel)
+        editor = self.caption_panel.editor
+        editor.setFocus()
+        editor.moveCursor(editor.textCursor().MoveOperation.End)
+
+    def _on_write_progress(self, done: int, total: int) -> None:
+        self._set_status(f"Writing captions {done:,} / {total:,}…")
+
+    def _on_prefix(self, text: str, as_tag: bool, scope: str) -> None:
+        self.add_to_captions(text, as_tag, scope, at_start=True)
+
+    def _on_postfix(self, text: str, as_tag: bool, scope: str) -> None:
+        self.add_to_captions(text, as_tag, scope, at_start=False)
+
+    def _save_now(self) -> None:
+        self.flush()
+        self._set_status("All caption edits are saved.")
+
+    def _scope_items(self, scope: str) -> list[ImageItem]:
+        folder = self._scope_folder() if scope == SCOPE_FOLDER else None
+        return [it for it in self.model.items() if folder is None or it.folder == folder]
+
+    def _scope_folder(self) -> str | None:
+        if self.proxy.folder is not None:
+            return self.proxy.folder
+        item = self.caption_panel.item
+        return item.folder if item is not None else None
+
+    def replace_in_captions(self, find: str, replacement: str, match_case: bool = False,
+                            scope: str = SCOPE_FOLDER) -> None:
+        """Replace *find* in every caption file of the scope (one undo step)."""
+        if not find:
+            return
+
+        def transform(text: str):
+            new, n = replace_text(text, find, replacement, match_case)
+            return (new, n) if n else (None, 0)
+
+        self._run_batch(scope, transform, ("replace", find, replacement))
+
+    def add_to_captions(self, text: str, as_tag: bool = True, scope: str = SCOPE_FOLDER, *,
+                        at_start: bool = True) -> None:
+        """Add *text* to the start (or end) of every caption file of the scope (one undo step)."""
+        if not text.strip(" ,"):
+            self.batch_panel.show_result("Type the text to add first.", error=True)
+            return
+        fn = add_prefix if at_start else add_postfix
+        self._run_batch(scope, lambda old: (fn(old, text, as_tag), 1), ("prefix" if at_start else "postfix", text))
+
+    def _run_batch(self, scope: str, transform, what: tuple) -> None:
+        if self._batch_running:
+            return
+        self.flush()
+        items = self._scope_items(scope)
+        if not items:
+            self.batch_panel.show_result("No images in this folder.", error=True)
+            return
+        changes = [CaptionChange(it.path, it.caption_file, transform=transform, create=False) for it in items]
+        self._batch_running = True
+        self._set_batch_busy(True)
+        self.batch_panel.show_result(f"Working on {len(changes):,} captions…")
+        self.store.submit(changes, True, tag=("batch", what, changes))
+
+    def _finish_batch(self, tag, result) -> None:
+        _kind, what, changes = tag
+        self._batch_running = False
+        self._set_batch_busy(False)
+        applied = [c for c in changes if c.state == APPLIED]
+        unchanged = sum(1 for c in changes if c.state == UNCHANGED)
+        missing = sum(1 for c in changes if c.state == MISSING)
+        if what[0] == "replace":
+            _k, find, repl = what
+            label = f"Replace “{_short(find)}” with “{_short(repl)}” in {len(applied)} captions"
+            if applied:
+                msg = f"Replaced “{find}” {result.count} times in {len(applied)} caption(s)."
+            else:
+                msg = f"No caption contains “{find}”."
+        else:
+            kind, text = what
+            where = "start" if kind == "prefix" else "end"
+            label = f"Add “{_short(text)}” to the {where} of {len(applied)} captions"
+            msg = f"Added “{text}” to the {where} of {len(applied)} caption(s)."
+            if unchanged:
+                msg += f" {unchanged} already had it."
+        if missing:
+            msg += f" {missing} image(s) without a caption file were left alone."
+        if result.errors:
+            msg += f" {len(result.errors)} file(s) could not be changed: {result.errors[0]}"
+        if applied:
+            msg += " Undo with Ctrl+Z."
+            self.undo_stack.push(CaptionCommand(self.store, applied, label, applied=True, tag="undo"))
+        self.batch_panel.show_result(msg, error=bool(result.errors))
+        self._set_status(msg, error=bool(result.errors))
+        self.last_batch_result = (len(applied), result.count, unchanged, missing)
+
+    def _set_batch_busy(self, busy: bool) -> None:
+        self.batch_panel.set_busy(busy)
+        self.caption_panel.set_read_only(busy)
+        self._sync_undo_actions()
+
+    def _sync_undo_actions(self, *_args) -> None:
+        s = self.undo_stack
+        self.undo_action.setEnabled(s.canUndo() and not self._batch_running)
+        self.redo_action.setEnabled(s.canRedo() and not self._batch_running)
+        self.undo_action.setToolTip(f"Undo {s.undoText()} (Ctrl+Z)" if s.canUndo() else "Nothing to undo")
+        self.redo_action.setToolTip(f"Redo {s.redoText()}" if s.canRedo() else "Nothing to redo")
+
+    # --- filter, counter, tags -------------------------------------------------------------------------------
+    def _on_folder_changed(self, _index: int) -> None:
+        self.proxy.set_folder(self.folder_combo.currentData())
+        self._after_filter()
+
+    def _apply_filter(self) -> None:
+        self.proxy.set_text(self.filter_edit.text())
+        self._after_filter()
+
+    def _after_filter(self) -> None:
+        if not self.grid.currentIndex().isValid() and self.proxy.rowCount():
+            self.grid.setCurrentIndex(self.proxy.index(0, 0))
+        self.model.forget_requests()
+        self._schedule_updates()
+
+    def _schedule_updates(self) -> None:
+        self._counter_timer.start()
+        self._tags_timer.start()
+
+    def counts(self) -> tuple[int, int, int]:
+        """(images, captioned, rejected) in the chosen concept folder (or all)."""
+        folder = self.proxy.folder
+        items = [it for it in self.model.items() if folder is None or it.folder == folder]
+        return len(items), sum(1 for it in items if it.has_caption), sum(1 for it in items if it.rejected)
+
+    def _update_counter(self) -> None:
+        n, captioned, rejected = self.counts()
+        if self.stack.currentWidget() is self.empty:
+            self.counter.setText("")
+        else:
+            parts = [f"{n:,} image{'' if n == 1 else 's'}", f"{captioned:,} captioned"]
+            parts.append(f"<span style='color:{ERROR_COLOR}'>{rejected:,} rejected</span>" if rejected
+                         else "0 rejected")
+            text = " · ".join(parts)
+            if self.proxy.has_text_filter:
+                text += f" · {self.proxy.rowCount():,} shown"
+            if self._checking is not None:
+                text += f" · checking {self._checking[1]:,}/{self.model.rowCount():,}…"
+            self.counter.setText(text)
+        all_caps = sum(1 for it in self.model.items() if it.has_caption)
+        folder = self._scope_folder()
+        folder_caps = sum(1 for it in self.model.items() if it.folder == folder and it.has_caption)
+        self.batch_panel.set_scopes(folder, folder_caps, all_caps)
+
+    def counter_text(self) -> str:
+        return self.counter.text()
+
+    def _update_tags(self) -> None:
+        if self.side.currentWidget() is not self.tag_panel:
+            return
+        captions = [it.caption for it in self.proxy.shown_items() if it.has_caption and it.caption]
+        self.tag_panel.set_counts(Counter(tag_frequency(captions)), len(captions))
+
+    # --- wizard ---------------------------------------------------------------------------------------------
+    def _on_prepared(self, result) -> None:
+        if self.wizard is not None:
+            self._state["wizard"] = self.wizard.values()
+            self._save_state()
+        paths = {"train_data_dir": str(result.img_dir),
+                 "reg_data_dir": str(result.reg_dir) if result.reg_dir is not None else "",
+                 "output_dir": str(result.model_dir),
+                 "logging_dir": str(result.log_dir)}
+        self._loaded_key = None
+        self.set_dataset(paths["train_data_dir"], self._ext)
+        self.folders_prepared.emit(paths)
+
+    # --- state ----------------------------------------------------------------------------------------------
+    def _load_state(self) -> dict:
+        try:
+            data = json.loads((user_config_dir() / STATE_FILE).read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _save_state(self) -> None:
+        try:
+            atomic_write_text(user_config_dir() / STATE_FILE, json.dumps(self._state, indent=2))
+        except OSError as exc:
+            self._set_status(f"Could not save the Dataset tab settings: {exc.strerror or exc}", error=True)
+
+    def _save_quick_tags(self, tags: list) -> None:
+        self._state["quick_tags"] = list(tags)
+        self._save_state()
+
+    def _set_status(self, text: str, error: bool = False) -> None:
+        self.status.setText(text)
+        self.status.setStyleSheet(f"color: {ERROR_COLOR};" if error else "color: palette(placeholder-text);")
+
+
+def _short(text: str, n: int = 30) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _code(html: str) -> str:
+    """`name` (as the dataset check writes folder names) -> <code>name</code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html)
+

@@ -1,0 +1,165 @@
+"""Work off the GUI thread.
+
+* :class:`TrainingWorker` is the QThread that runs the training engine. The engine is imported inside
+  :meth:`TrainingWorker.run` (it pulls torch), every event it emits becomes the ``event`` signal, which
+  Qt queues to the GUI thread, and the run ends with exactly one ``done(Finished)``; an exception in the
+  engine becomes a ``failed`` Finished with a readable message, never a crash of the app.
+* :class:`BackgroundCall` runs one function on the global thread pool (model-family detection, the
+  engine's dry-run plan) and reports ``result`` or ``error`` on the GUI thread.
+
+Nothing here imports torch or the engine at module level.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal, Slot
+
+from core.errors import PatinaError
+from core.events import Commands, Finished, Log
+
+EngineFn = Callable[..., Finished]
+
+
+def _engine_function(name: str, doing: str):
+    """``core.engine.<name>``, imported on first use (it pulls torch); a missing piece is a PatinaError."""
+    try:
+        import core.engine as engine  # noqa: WPS433 (heavy: torch, diffusers)
+    except ModuleNotFoundError as exc:
+        if exc.name == "core.engine":
+            raise PatinaError(f"The training engine (core/engine.py) is not part of this installation, so {doing}. "
+                              "Reinstall Patina.") from None
+        raise PatinaError(f"The Python package '{exc.name}' is not installed in Patina's environment, so {doing}. "
+                          "Run the installer again (packaging/install-*) to repair the environment.") from None
+    return getattr(engine, name)
+
+
+def default_train(cfg: dict, emit, commands: Commands, *, resume: str | None = None) -> Finished:
+    """The real engine; called inside the worker thread."""
+    return _engine_function("train", "training cannot start")(cfg, emit, commands, resume=resume)
+
+
+def default_plan(cfg: dict):
+    """The engine's dry run: checks the settings and the dataset without loading models."""
+    return _engine_function("plan", "the run cannot be planned")(cfg)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A user-facing sentence for an exception that escaped the engine."""
+    if isinstance(exc, PatinaError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "The computer ran out of memory. Lower the batch size or resolution, or turn on gradient checkpointing."
+    text = str(exc).strip() or type(exc).__name__
+    if "out of memory" in text.lower():
+        return ("The GPU ran out of memory. Lower the batch size or resolution, turn on gradient checkpointing, "
+                "or use an 8-bit optimizer. (" + text.splitlines()[0] + ")")
+    return (f"Training stopped because of an unexpected error: {type(exc).__name__}: {text.splitlines()[0]}. "
+            "The full details are in the log below.")
+
+
+class TrainingWorker(QThread):
+    """Runs ``engine_fn(cfg, emit, commands, resume=...)`` in its own thread."""
+
+    event = Signal(object)   # every engine event except Finished, queued to the GUI thread
+    done = Signal(object)    # the one Finished that ends the run
+
+    def __init__(self, cfg: dict, engine_fn: EngineFn | None = None, *, resume: str | None = None, parent=None):
+        super().__init__(parent)
+        self.cfg = dict(cfg)
+        self.engine_fn = engine_fn or default_train
+        self.resume = resume or None
+        self.commands = Commands()
+        self.result: Finished | None = None
+        self._emitted_finished: Finished | None = None
+
+    # Called from the engine's thread.
+    def _emit(self, ev) -> None:
+        if isinstance(ev, Finished):
+            self._emitted_finished = ev
+            return
+        self.event.emit(ev)
+
+    def run(self) -> None:  # runs in the worker thread
+        try:
+            result = self.engine_fn(self.cfg, self._emit, self.commands, resume=self.resume)
+            if not isinstance(result, Finished):
+                result = self._emitted_finished or Finished("finished", "Training ended.")
+        except BaseException as exc:  # noqa: BLE001 - the GUI must survive any engine failure
+            if not isinstance(exc, PatinaError):
+                self.event.emit(Log("".join(traceback.format_exception(exc)).rstrip(), "warning"))
+            result = Finished("failed", describe_exception(exc), None, 0)
+        self.result = result
+        self.done.emit(result)
+
+    # Called from the GUI thread.
+    def request_stop(self) -> None:
+        self.commands.request_stop()
+
+    def request_save(self) -> None:
+        self.commands.request_save()
+
+    def request_sample(self) -> None:
+        self.commands.request_sample()
+
+
+class _CallRelay(QObject):
+    """Lives in the thread that created the call; the pool thread emits, Qt queues the signal here, and the
+    callbacks run on this object's thread whatever kind of callable they are."""
+
+    _result = Signal(object)
+    _error = Signal(object)
+
+    def __init__(self, call: "BackgroundCall"):
+        super().__init__()
+        self._call = call
+        self.on_result: list[Callable[[Any], None]] = []
+        self.on_error: list[Callable[[BaseException], None]] = []
+        self._result.connect(self._deliver_result)
+        self._error.connect(self._deliver_error)
+
+    @Slot(object)
+    def _deliver_result(self, value) -> None:
+        BackgroundCall._running.discard(self._call)
+        for cb in self.on_result:
+            cb(value)
+
+    @Slot(object)
+    def _deliver_error(self, exc) -> None:
+        BackgroundCall._running.discard(self._call)
+        for cb in self.on_error:
+            cb(exc)
+
+
+class BackgroundCall(QRunnable):
+    """``fn(*args)`` on the global thread pool; the ``on_result(value)`` / ``on_error(exc)`` callbacks run on the
+    thread that created the call (the GUI thread). The call keeps itself alive until it has reported."""
+
+    _running: set["BackgroundCall"] = set()
+
+    def __init__(self, fn: Callable[..., Any], *args: Any):
+        super().__init__()
+        self.setAutoDelete(False)
+        self.fn = fn
+        self.args = args
+        self.relay = _CallRelay(self)
+
+    def run(self) -> None:  # in a pool thread
+        try:
+            value = self.fn(*self.args)
+        except BaseException as exc:  # noqa: BLE001 - reported to the GUI thread
+            self.relay._error.emit(exc)
+            return
+        self.relay._result.emit(value)
+
+    def start(self, on_result: Callable[[Any], None] | None = None,
+              on_error: Callable[[BaseException], None] | None = None) -> "BackgroundCall":
+        if on_result is not None:
+            self.relay.on_result.append(on_result)
+        if on_error is not None:
+            self.relay.on_error.append(on_error)
+        BackgroundCall._running.add(self)
+        QThreadPool.globalInstance().start(self)
+        return self

@@ -1,0 +1,172 @@
+"""Render every tab and page of Patina's window to PNGs, offscreen, for review.
+
+    python scripts/screenshots.py [--out screenshots] [--size 1280x800]
+
+Writes dataset.png, training-<page>.png for each Training page, training-invalid.png (fields marked),
+monitor-idle.png, monitor-run.png (fed with a synthetic run: this script's own demo events, not the
+engine), plan-dialog.png, and wizard.png when the Dataset tab offers a folder wizard dialog. The user's
+settings are not touched (a temporary config folder is used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _demo_image(path: Path, hue: int, epoch: int) -> str:
+    from PySide6.QtCore import QPointF, Qt
+    from PySide6.QtGui import QColor, QImage, QPainter, QRadialGradient
+
+    img = QImage(384, 384, QImage.Format.Format_RGB32)
+    p = QPainter(img)
+    p.setRenderHint(QPainter.RenderHint.Antialiasing)
+    g = QRadialGradient(QPointF(140, 120), 320)
+    g.setColorAt(0, QColor.fromHsv(hue, 90, 235))
+    g.setColorAt(1, QColor.fromHsv((hue + 40) % 360, 160, 90))
+    p.fillRect(img.rect(), g)
+    p.setPen(Qt.PenStyle.NoPen)
+    sharp = min(1.0, 0.25 + 0.25 * epoch)
+    p.setBrush(QColor.fromHsv((hue + 180) % 360, int(120 * sharp), 220))
+    p.drawEllipse(QPointF(200, 230), 70 + 10 * epoch, 90 + 6 * epoch)
+    p.end()
+    img.save(str(path))
+    return str(path)
+
+
+def _feed_demo_run(monitor, folder: Path) -> None:
+    """A plausible three-epoch run, as events, straight into the tab (no engine, no thread)."""
+    from core.events import EpochEnd, Log, Metrics, Plan, Progress, Sample, Saved, Status
+
+    rnd = random.Random(7)
+    total, epochs = 600, 3
+    out = folder / "sks-dog.safetensors"
+    plan = Plan(images=24, reg_images=0, samples_per_epoch=240, steps_per_epoch=200, epochs=epochs,
+                total_steps=total, batch_size=1, grad_accum=1, buckets={"512x512": 14, "512x768": 6, "768x512": 4},
+                skipped=[], output_path=str(out), family="sd1",
+                text="24 images in 1 folder (10_sks dog: 24 × 10 repeats = 240 samples)\n"
+                     "batch 1 × accumulation 1 → 200 steps per epoch × 3 epochs = 600 steps\n"
+                     "buckets: 512×512 ×14, 512×768 ×6, 768×512 ×4")
+    monitor.reset_view()
+    monitor._set_state("running")
+    monitor.handle_event(Status("loading", "Loading the model…"))
+    monitor.handle_event(plan)
+    monitor.handle_event(Status("training", "Training"))
+    avg = 0.16
+    prompts = ["a photo of sks dog on a beach", "sks dog wearing a red scarf, studio light",
+               "an oil painting of sks dog in a field of sunflowers"]
+    step_now = 430
+    for step in range(1, step_now + 1):
+        epoch = (step - 1) // 200 + 1
+        lr_u = 1e-4 * 0.5 * (1 + math.cos(math.pi * step / total))
+        loss = max(0.02, 0.09 + 0.07 * math.exp(-step / 120) + rnd.gauss(0, 0.035))
+        avg = 0.95 * avg + 0.05 * loss
+        monitor.handle_event(Metrics(step, epoch, loss, avg, {"unet": lr_u, "textencoder": lr_u / 2}))
+        if step % 200 == 0:
+            monitor.handle_event(EpochEnd(epoch, step, avg))
+            for i, prompt in enumerate(prompts):
+                img = _demo_image(folder / f"e{epoch}_{i}.png", 25 + 70 * i, epoch)
+                monitor.handle_event(Sample(img, prompt, i, step, epoch))
+            monitor.handle_event(Saved(str(out.with_name(f"sks-dog-{epoch:06d}.safetensors")), "lora", step, epoch))
+    monitor.handle_event(Log("caching latents: 24/24 done", "info"))
+    monitor.handle_event(Progress(step_now, total, 3, epochs, 3.42, step_now / 3.42, (total - step_now) / 3.42))
+    monitor.handle_event(Status("training", f"Training — epoch 3 of 3, step {step_now} of {total}"))
+    monitor.charts.redraw()
+
+
+def _find_wizard(window):
+    """The Dataset tab's folder wizard dialog, if it has one we can build without arguments."""
+    from PySide6.QtWidgets import QDialog
+
+    try:
+        import gui.dataset_tab as dt
+    except Exception:  # noqa: BLE001 - optional
+        return None
+    for name in dir(dt):
+        obj = getattr(dt, name)
+        if isinstance(obj, type) and issubclass(obj, QDialog) and "wizard" in name.lower():
+            try:
+                return obj(window)
+            except TypeError:
+                continue
+    return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "screenshots"), help="output folder (default: screenshots/)")
+    ap.add_argument("--size", default="1280x800", help="window size WxH (default 1280x800)")
+    args = ap.parse_args(argv)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    tmp = Path(tempfile.mkdtemp(prefix="patina-shots-"))
+    os.environ["PATINA_CONFIG_DIR"] = str(tmp / "config")  # never the user's own state
+
+    from PySide6.QtWidgets import QApplication
+
+    from gui.app import make_application, render_window
+    from gui.main_window import MainWindow
+    from gui.monitor_tab import PlanDialog
+
+    make_application()
+    win = MainWindow(restore_session=False)
+    written = []
+
+    def shot(name, widget=None, size=(w, h)):
+        path = out / f"{name}.png"
+        render_window(widget or win, str(path), size)
+        written.append(path)
+
+    def dialog_shot(name, dlg):
+        """A dialog at the size it opens with (never scaled)."""
+        dlg.show()
+        QApplication.processEvents()
+        size = (max(dlg.width(), dlg.minimumSizeHint().width()), max(dlg.height(), dlg.minimumSizeHint().height()))
+        shot(name, dlg, size)
+        dlg.hide()
+
+    win.select_tab("dataset")
+    shot("dataset")
+    for page in ("model", "folders", "metadata", "basic", "advanced", "samples"):
+        win.select_tab(page)
+        shot(f"training-{page}")
+
+    # a half-filled config with mistakes, to see how problems are marked
+    win.form.set_values({"pretrained_model_name_or_path": str(tmp / "missing-model.safetensors"),
+                         "LoRA_type": "Kohya LoCon", "max_resolution": "512 by 512", "min_bucket_reso": 1024,
+                         "max_bucket_reso": 512, "lr_scheduler": "constant"})
+    win.select_tab("basic")
+    shot("training-invalid")
+    from core.params import defaults
+    win.form.set_values(defaults())
+    win._mark_clean()
+
+    win.select_tab("monitor")
+    shot("monitor-idle")
+    _feed_demo_run(win.monitor, tmp)
+    shot("monitor-run")
+    plan = win.monitor.last_plan
+    dialog_shot("plan-dialog", PlanDialog(plan, [], win))
+    win.monitor._set_state("idle")
+
+    wizard = _find_wizard(win)
+    if wizard is not None:
+        dialog_shot("wizard", wizard)
+    QApplication.processEvents()
+    for p in written:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
