@@ -199,7 +199,9 @@ class Trainer:
         mp = cfg["mixed_precision"]
         if not torch.cuda.is_available() and mp == "fp16":
             mp = "no"  # fp16 autocast is a GPU feature; the CPU trains in full precision
-        self.accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=1)
+        # cpu=True on a machine without CUDA also makes several launched processes use gloo (MULTI_CPU)
+        self.accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=1,
+                                       cpu=not torch.cuda.is_available())
         acc = self.accelerator
         if mp != cfg["mixed_precision"]:
             self.log("No CUDA GPU found: training in full precision on the CPU (slow; fine for tests).", "warning")

@@ -62,7 +62,8 @@ def test_accelerate_two_processes_on_cpu(sd1_dir, tmp_path):
     preset = save_config(tmp_path / "p.json", cfg)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        # accelerate's multi-process launcher is --multi_gpu even without GPUs; the engine then uses gloo on CPU
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m", "core", "train",
          str(preset), "--quiet"],
         capture_output=True, text=True, env=env, timeout=300, cwd=os.getcwd())
