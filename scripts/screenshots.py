@@ -11,6 +11,7 @@ settings are not touched (a temporary config folder is used).
 from __future__ import annotations
 
 import argparse
+import time
 import math
 import os
 import random
@@ -136,7 +137,31 @@ def main(argv=None) -> int:
         dlg.hide()
 
     win.select_tab("dataset")
+    shot("dataset-empty")
+    # a small demo dataset: coloured pictures with captions, one without, and one broken file
+    concept = tmp / "demo" / "img" / "10_sks dog"
+    concept.mkdir(parents=True)
+    from PIL import Image, ImageDraw
+
+    for i in range(14):
+        im = Image.new("RGB", (512 + 64 * (i % 3), 512 + 64 * ((i + 1) % 3)), ((i * 53) % 200 + 30, 120, 180 - i * 9))
+        ImageDraw.Draw(im).ellipse((96, 128, 380, 420), fill=(230 - i * 10, 200, 90 + i * 8))
+        im.save(concept / f"photo_{i:02d}.jpg", quality=90)
+        if i % 5:
+            (concept / f"photo_{i:02d}.txt").write_text(f"sks dog, {['outdoors', 'indoors', 'close-up', 'full body'][i % 4]}",
+                                                        encoding="utf-8")
+    (concept / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    win.form.set_values({"train_data_dir": str(concept.parent)})
+    win.sync_dataset_tab()
+    deadline = time.time() + 8
+    while time.time() < deadline:  # thumbnails and the image check arrive from background threads
+        QApplication.processEvents()
+        time.sleep(0.05)
+    if hasattr(win.dataset_tab, "select_path"):
+        win.dataset_tab.select_path(str(concept / "photo_01.jpg"))
+        QApplication.processEvents()
     shot("dataset")
+    win.form.set_values({"train_data_dir": ""})
     for page in ("model", "folders", "metadata", "basic", "advanced", "samples"):
         win.select_tab(page)
         shot(f"training-{page}")
