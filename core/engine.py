@@ -298,25 +298,22 @@ class Trainer:
     def _build_network(self) -> None:
         import torch
 
-        from core.network import NetworkSpec, build_network
+        from core.network import NetworkSpec, build_network, build_network_from_weights
         cfg = self.cfg
         lrs = training_lrs(cfg)
         self.train_unet, self.train_te = lrs.train_unet, lrs.train_text_encoder
-        dim, alpha = cfg["network_dim"], cfg["network_alpha"]
         weights_sd = None
         if cfg["network_weights"]:
             from core.lora_io import read_lora
 
             weights_sd, _ = read_lora(cfg["network_weights"])
-            if cfg["dim_from_weights"]:
-                dim = _rank_from_weights(weights_sd) or dim
 
         def blocks(key):  # block-wise settings are passed as kohya's text (network.py parses them)
             return cfg[key].strip() or None
 
         locon = cfg["LoRA_type"] == "Kohya LoCon"
         spec = NetworkSpec(
-            network_dim=dim, network_alpha=alpha, conv_dim=cfg["conv_dim"] if locon else 0,
+            network_dim=cfg["network_dim"], network_alpha=cfg["network_alpha"], conv_dim=cfg["conv_dim"] if locon else 0,
             conv_alpha=cfg["conv_alpha"] if locon else 0, network_dropout=cfg["network_dropout"],
             train_unet=self.train_unet, train_text_encoder=self.train_te,
             down_lr_weight=blocks("down_lr_weight"), mid_lr_weight=blocks("mid_lr_weight"),
@@ -327,12 +324,19 @@ class Trainer:
         )
         torch.manual_seed(self.seed)
         tes = self.base.text_encoders if self.train_te else []
-        self.network = build_network(self.base.unet, tes, self.base.family, spec)
-        for p in self.network.trainable_parameters():
-            p.data = p.data.float()
+        if weights_sd is not None and cfg["dim_from_weights"]:
+            # modules, ranks and alphas come from the file (kohya's "DIM from weights")
+            self.network = build_network_from_weights(self.base.unet, tes, self.base.family, weights_sd, spec)
+        else:
+            self.network = build_network(self.base.unet, tes, self.base.family, spec)
+            if weights_sd is not None:
+                res = self.network.load_kohya_state_dict(weights_sd, strict=False)
+                if res.missing or res.unexpected:
+                    self.log(f"{cfg['network_weights']}: {len(res.loaded)} module(s) loaded, {len(res.missing)} start "
+                             f"fresh, {len(res.unexpected)} in the file are not trained in this run.", "warning")
         if weights_sd is not None:
-            self.network.load_kohya_state_dict(weights_sd)
             self.log(f"Continuing from {cfg['network_weights']}.")
+        self.network.cast_lora_params(torch.float32)
         if cfg["gradient_checkpointing"]:
             if self.train_unet:
                 self.base.unet.enable_gradient_checkpointing()
@@ -956,13 +960,6 @@ def _oom_message(cfg: dict) -> str:
     if cfg["text_encoder_lr"] > 0:
         tips.append("set Text encoder learning rate to 0 (UNet only)")
     return "The GPU ran out of memory (CUDA out of memory). To fit: " + "; ".join(tips) + "."
-
-
-def _rank_from_weights(sd: dict) -> int | None:
-    for k, v in sd.items():
-        if k.endswith("lora_down.weight"):
-            return int(v.shape[0])
-    return None
 
 
 def train(cfg: dict, emit: Emit | None = None, commands: Commands | None = None, *, resume: str | None = None,

@@ -250,3 +250,19 @@ def test_latent_disk_cache_is_reused_and_never_stale(sd1_dir, data, tmp_path, mo
     imgs.save(data / "2_sks toy" / "img00.png", size=(64, 64), color=(1, 2, 3))
     assert train(cfg).status == "finished"
     assert len({p.name for p in cache.iterdir()} - first) == 1  # the changed image got a new entry
+
+
+def test_continue_from_network_weights_with_rank_from_the_file(sd1_dir, data, tmp_path):
+    from core.lora_io import read_lora
+
+    first = train(tiny_cfg(sd1_dir, data, tmp_path / "a", max_train_steps=2, network_dim=4))
+    assert first.status == "finished", first.message
+    ev = Collector()
+    cfg = tiny_cfg(sd1_dir, data, tmp_path / "b", max_train_steps=2, network_dim=16, network_weights=first.output,
+                   dim_from_weights=True)
+    fin = train(cfg, ev)
+    assert fin.status == "finished", fin.message
+    sd, _ = read_lora(fin.output)
+    ranks = {v.shape[0] for k, v in sd.items() if k.endswith("lora_down.weight")}
+    assert ranks == {4}
+    assert any("Continuing from" in e.text for e in ev.of(E.Log))
