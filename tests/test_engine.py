@@ -266,3 +266,11 @@ def test_continue_from_network_weights_with_rank_from_the_file(sd1_dir, data, tm
     ranks = {v.shape[0] for k, v in sd.items() if k.endswith("lora_down.weight")}
     assert ranks == {4}
     assert any("Continuing from" in e.text for e in ev.of(E.Log))
+
+
+def test_gradient_checkpointing_still_trains_every_module(sd1_dir, data, tmp_path):
+    fin = train(tiny_cfg(sd1_dir, data, tmp_path / "gc", max_train_steps=2, gradient_checkpointing=True,
+                         unet_lr=1e-2, text_encoder_lr=1e-2))
+    assert fin.status == "finished", fin.message
+    report = verify_lora(fin.output)
+    assert report.ok and not report.untrained, report.untrained[:5]
