@@ -179,18 +179,10 @@ def _check_lr_weights(value: str) -> str | None:
 
 
 def parse_resolution(value: str) -> tuple[int, int]:
-    """``"512,512"``, ``"768x512"`` or ``"512"`` → (width, height). Raises ValueError with a message."""
-    text = str(value).strip().lower().replace("x", ",").replace(" ", "")
-    parts = [p for p in text.split(",") if p]
-    try:
-        nums = [int(p) for p in parts]
-    except ValueError:
-        raise ValueError(f'"{value}" is not a resolution; write it as "W,H", e.g. "512,512"') from None
-    if len(nums) == 1:
-        nums = nums * 2
-    if len(nums) != 2:
-        raise ValueError(f'"{value}" is not a resolution; write it as "W,H", e.g. "512,512"')
-    w, h = nums
+    """``"512,512"``, ``"768x512"`` or ``"512"`` → (width, height), each 64–4096. Raises ValueError with a message."""
+    from core.dataset.buckets import parse_resolution as parse_size  # the one parser; range checked here
+
+    w, h = parse_size(value)
     if not (64 <= w <= 4096 and 64 <= h <= 4096):
         raise ValueError(f'resolution "{value}" is out of range; each side must be 64–4096')
     return w, h
