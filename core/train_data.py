@@ -68,11 +68,9 @@ class DatasetPlan:
         """Samples of one epoch (0-based), reg samples cycled to match the training samples like kohya."""
         rng = random.Random(_seed(self.seed, "epoch", epoch))
         idx = list(self.train_samples)
-        if self.reg_samples:
-            reg = list(self.reg_samples)
-            rng.shuffle(reg)
-            need = len(idx)
-            idx += [reg[i % len(reg)] for i in range(need)]
+        if self.reg_samples:  # in folder order, cycled: the same reg samples (and batch count) every epoch
+            reg = self.reg_samples
+            idx += [reg[i % len(reg)] for i in range(len(idx))]
         flip = bool(self.cfg["flip_aug"])
         return [Sample(i, flip and rng.random() < 0.5) for i in idx]
 

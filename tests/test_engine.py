@@ -274,3 +274,21 @@ def test_gradient_checkpointing_still_trains_every_module(sd1_dir, data, tmp_pat
     assert fin.status == "finished", fin.message
     report = verify_lora(fin.output)
     assert report.ok and not report.untrained, report.untrained[:5]
+
+
+def test_dataset_check_and_engine_plan_agree_on_steps(sd1_dir, tmp_path):
+    from core.dataset.folders import scan_dataset
+    from core.dataset.summary import summarize
+
+    img = tmp_path / "img"
+    for i, size in enumerate([(64, 64), (64, 64), (128, 64), (64, 128), (128, 64)]):
+        imgs.save(img / "3_sks toy" / f"a{i}.png", size=size)
+    for i, size in enumerate([(64, 64), (128, 64), (64, 128)]):
+        imgs.save(tmp_path / "reg" / "1_toy" / f"r{i}.png", size=size)
+    cfg = tiny_cfg(sd1_dir, img, tmp_path / "out", reg_data_dir=str(tmp_path / "reg"), train_batch_size=2, epoch=3,
+                   max_resolution="128,128", min_bucket_reso=64, max_bucket_reso=256, bucket_reso_steps=64)
+    p = plan(cfg)
+    s = summarize(scan_dataset(img, tmp_path / "reg"), batch_size=2, epochs=3, resolution=(128, 128),
+                  min_bucket_reso=64, max_bucket_reso=256, bucket_reso_steps=64)
+    assert (s.steps_per_epoch, s.total_steps) == (p.steps_per_epoch, p.total_steps)
+    assert p.steps_per_epoch > 15 // 2  # uneven buckets make more batches than samples / batch

@@ -4,6 +4,7 @@ should fix, as data (for the GUI) and as aligned text (for the terminal)."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,18 @@ def steps_per_epoch(samples: int, batch_size: int = 1, grad_accum: int = 1, reg_
     return math.ceil(batches / grad_accum)
 
 
+def bucketed_steps_per_epoch(scan: DatasetScan, bucket_of, batch_size: int = 1, grad_accum: int = 1) -> int:
+    """Steps per epoch as the engine batches: every batch holds images of one bucket, so each bucket's
+    samples are batched on their own (``sum(ceil(n_bucket / batch))``). Regularisation samples are the
+    reg folders' samples in order, cycled up to the number of training samples (the same every epoch)."""
+    train = [bucket_of(img) for s in scan.train_subsets for img in s.images for _ in range(s.repeats)]
+    reg = [bucket_of(img) for s in scan.reg_subsets for img in s.images for _ in range(s.repeats)]
+    if reg:
+        train += [reg[i % len(reg)] for i in range(len(train))]
+    batches = sum(math.ceil(n / batch_size) for n in Counter(train).values())
+    return math.ceil(batches / grad_accum)
+
+
 def total_steps(steps_epoch: int, *, epochs: int = 1, max_train_steps: int = 0,
                 max_train_epochs: int = 0) -> tuple[int, int, str]:
     """``(total steps, epochs, rule)`` with kohya's precedence: max_train_epochs > 0 wins, then
@@ -113,12 +126,13 @@ def summarize(scan: DatasetScan, *, batch_size: int = 1, epochs: int = 1, grad_a
         raise PatinaError(f"Bucket settings: {exc}") from None
 
     folders = [FolderSummary(s.name, s.path, s.is_reg, s.num_images, s.repeats, s.samples) for s in scan.subsets]
-    spe = steps_per_epoch(scan.samples_per_epoch, batch_size, grad_accum, scan.reg_factor)
-    total, n_epochs, rule = total_steps(spe, epochs=epochs, max_train_steps=max_train_steps,
-                                        max_train_epochs=max_train_epochs)
 
     def bucket_of(img: ImageEntry) -> Size:
         return buckets.assign(img.width, img.height) if enable_bucket else reso
+
+    spe = bucketed_steps_per_epoch(scan, bucket_of, batch_size, grad_accum)
+    total, n_epochs, rule = total_steps(spe, epochs=epochs, max_train_steps=max_train_steps,
+                                        max_train_epochs=max_train_epochs)
 
     train_imgs = [img for s in scan.train_subsets if s.repeats > 0 for img in s.images]
     reg_imgs = [img for s in scan.reg_subsets if s.repeats > 0 for img in s.images]
