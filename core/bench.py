@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 from core.paths import resources_dir
 
@@ -64,6 +63,9 @@ def run_bench(*, model: str = "tiny", resolution: int | None = None, batch_size:
 
     from core.network import NetworkSpec, build_network
 
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()  # diffusers warns on every .to(dtype) of a from_config model
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     precision = precision or ("bf16" if cuda else "fp32")
@@ -126,7 +128,7 @@ def run_bench(*, model: str = "tiny", resolution: int | None = None, batch_size:
         "images_per_sec": round(ips, 4), "seconds_per_step": round(elapsed / steps, 4),
         "peak_memory_gib": round(mem / 2**30, 3),
         "peak_memory_kind": "cuda_max_allocated" if cuda else "process_max_rss",
-        "flops_per_image_tflop": round(flops_per_image / 1e12, 4),
+        "flops_per_image_gflop": round(flops_per_image / 1e9, 3),
         "peak_tflops": peak,
         "mfu": round(flops_per_image * ips / (peak * 1e12), 4) if peak else None,
         "unet_params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1),

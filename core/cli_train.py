@@ -82,7 +82,20 @@ class _Printer:
             print(text, flush=True)
 
 
+def _quiet_libraries() -> None:
+    """Keep the terminal for Patina's own progress: no library progress bars or advisory warnings."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as tlog
+
+    tlog.disable_progress_bar()
+
+
 def _train(args) -> int:
+    _quiet_libraries()
     from core.config import apply_overrides, format_load_report, read_config
     from core.events import Commands
 

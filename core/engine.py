@@ -222,8 +222,8 @@ class Trainer:
         self.log(f"Seed {self.seed}. {self.rp.total_steps} steps over {self.rp.epochs} epoch(s).")
 
         self._build_network()
+        self._build_optimizer()  # before caching: a missing optimizer package fails in seconds, not minutes
         self._cache()
-        self._build_optimizer()
         if resume_state:
             self._load_state(resume_state)
         self._open_logs()
@@ -262,6 +262,9 @@ class Trainer:
 
         from core.models import load_base_model
 
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()  # diffusers warns about float32 modules on every .to(dtype)
         cfg, acc = self.cfg, self.accelerator
         family = None if cfg["model_family"] == "auto" else cfg["model_family"]
         self.base = load_base_model(cfg["pretrained_model_name_or_path"], family=family,

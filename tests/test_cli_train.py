@@ -51,7 +51,7 @@ def test_verify_refuses_non_lora(tmp_path, capsys):
 def test_bench_tiny_prints_numbers(capsys):
     assert cli(["bench", "--model", "tiny", "--steps", "2", "--warmup", "1", "--batch-size", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["images_per_sec"] > 0 and result["flops_per_image_tflop"] > 0
+    assert result["images_per_sec"] > 0 and result["flops_per_image_gflop"] > 0
     assert result["peak_memory_gib"] > 0 and result["model"] == "tiny"
 
 
