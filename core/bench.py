@@ -36,7 +36,7 @@ def _unet(model: str):
         from core.tiny import SD1_UNET
 
         return UNet2DConditionModel(**SD1_UNET), "sd1", 32
-    folder = {"sd15": "sd15", "sdxl": "sdxl"}[model]
+    folder = {"sd15": "sd1", "sdxl": "sdxl"}[model]
     cfg_path = resources_dir() / "model_configs" / folder / "unet" / "config.json"
     config = json.loads(cfg_path.read_text(encoding="utf-8"))
     unet = UNet2DConditionModel.from_config(config)

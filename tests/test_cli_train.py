@@ -77,3 +77,16 @@ def test_accelerate_two_processes_on_cpu(sd1_dir, tmp_path):
     run = next((tmp_path / "log").iterdir())
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+def test_bench_builds_the_real_architectures_from_the_shipped_configs(monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    import core.bench as bench
+
+    seen = []
+    monkeypatch.setattr(UNet2DConditionModel, "from_config", classmethod(lambda cls, c: seen.append(c) or "unet"))
+    assert bench._unet("sd15") == ("unet", "sd1", 768)
+    assert bench._unet("sdxl") == ("unet", "sdxl", 2048)
+    assert seen[0]["block_out_channels"] == [320, 640, 1280, 1280]
+    assert seen[1]["transformer_layers_per_block"] == [1, 2, 10]
