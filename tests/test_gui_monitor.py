@@ -314,6 +314,35 @@ def test_real_engine_run_from_the_window(qtbot, tmp_path, monkeypatch):
     assert w.monitor.gallery.count() == 1
 
 
+def test_real_engine_stop_from_the_window_gives_a_valid_lora(qtbot, tmp_path, monkeypatch):
+    """Loss points and a sample arrive from the real engine; Stop writes a LoRA that verifies."""
+    pytest.importorskip("diffusers")
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    from core.lora_io import verify_lora
+    from core.tiny import save_tiny_diffusers
+    from gui.main_window import MainWindow
+    from trainkit import make_dataset, tiny_cfg
+
+    monkeypatch.setitem(sys.modules, "gui.dataset_tab", None)
+    model = save_tiny_diffusers(tmp_path / "model", "sd1")
+    data = make_dataset(tmp_path)
+    w = MainWindow(restore_session=False, detect_family=False)
+    qtbot.addWidget(w)
+    w.form.set_values(tiny_cfg(model, data, tmp_path / "out", epoch=50, sample_every_n_steps=2,
+                               sample_prompts="sks toy --w 64 --h 64 --s 2"))
+    w._mark_clean()
+    w.start_training()
+    qtbot.waitUntil(lambda: len(w.monitor.charts.steps) >= 3 and w.monitor.gallery.count() >= 1, timeout=120000)
+    assert w.monitor.state == "running"
+    with qtbot.waitSignal(w.monitor.finished, timeout=120000) as fin:
+        w.monitor.start_button.click()  # reads "Stop training" while running
+        assert w.monitor.state == "stopping" and "Stopping" in w.monitor.start_button.text()
+    assert fin.args[0].status == "stopped", fin.args[0].message
+    assert fin.args[0].step < w.monitor.last_plan.total_steps
+    assert verify_lora(tmp_path / "out" / "tiny.safetensors").ok
+    assert w.monitor.state == "idle" and w.training.start_button.isEnabled()
+
+
 def test_missing_engine_is_a_message(monkeypatch):
     from gui.worker import default_plan, default_train
     monkeypatch.setitem(sys.modules, "core.engine", None)
