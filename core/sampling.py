@@ -6,6 +6,7 @@ lines starting with ``#`` are skipped (kohya-layout.md §8).
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -96,11 +97,12 @@ def make_scheduler(sampler: str, scheduler_config: dict):
     kwargs = {}
     if base == "dpmsolver":
         kwargs["algorithm_type"] = "dpmsolver"
+        kwargs["final_sigmas_type"] = "sigma_min"  # diffusers refuses "zero" for the first-order dpmsolver
     elif base == "dpmsolver++":
         kwargs["algorithm_type"] = "dpmsolver++"
     if base == "pndm":
         kwargs["skip_prk_steps"] = True
-    if karras and "use_karras_sigmas" in cls.__init__.__code__.co_varnames:
+    if karras and "use_karras_sigmas" in inspect.signature(cls.__init__).parameters:
         kwargs["use_karras_sigmas"] = True
     config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     return cls.from_config(config, **kwargs)
