@@ -182,7 +182,10 @@ def parse_resolution(value: str) -> tuple[int, int]:
     """``"512,512"``, ``"768x512"`` or ``"512"`` → (width, height), each 64–4096. Raises ValueError with a message."""
     from core.dataset.buckets import parse_resolution as parse_size  # the one parser; range checked here
 
-    w, h = parse_size(value)
+    try:
+        w, h = parse_size(value)
+    except ValueError:
+        raise ValueError(f'"{value}" is not a resolution; write it as "W,H", e.g. "512,512"') from None
     if not (64 <= w <= 4096 and 64 <= h <= 4096):
         raise ValueError(f'resolution "{value}" is out of range; each side must be 64–4096')
     return w, h
