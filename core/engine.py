@@ -200,8 +200,13 @@ class Trainer:
         if not torch.cuda.is_available() and mp == "fp16":
             mp = "no"  # fp16 autocast is a GPU feature; the CPU trains in full precision
         # cpu=True on a machine without CUDA also makes several launched processes use gloo (MULTI_CPU)
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        # find_unused_parameters: with clip skip / SDXL's penultimate layer the last text-encoder layer's LoRA
+        # gets no gradient, which plain DDP refuses.
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
         self.accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=1,
-                                       cpu=not torch.cuda.is_available())
+                                       cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
         acc = self.accelerator
         if mp != cfg["mixed_precision"]:
             self.log("No CUDA GPU found: training in full precision on the CPU (slow; fine for tests).", "warning")
@@ -470,10 +475,18 @@ class Trainer:
             torch.cuda.empty_cache()
 
     # -- text encoding ---------------------------------------------------------------------------------------
-    def _encode_text(self, captions: list[str]):
+    def _encode_text(self, captions: list[str], *, unwrapped: bool = False):
+        from types import SimpleNamespace
+
         from core.text import encode_prompts
 
-        return encode_prompts(self.base, captions, max_token_length=int(self.cfg["max_token_length"]),
+        # while the text encoders train, call the prepared (DDP-wrapped) modules so gradients are synced
+        # (sampling runs on the main process only and must not call a DDP forward: unwrapped=True)
+        tes = self.te_models if getattr(self, "train_te", False) and hasattr(self, "te_models") and not unwrapped \
+            else self.base.text_encoders
+        base = SimpleNamespace(family=self.base.family, tokenizers=self.base.tokenizers, text_encoders=tes,
+                               unet=self.base.unet)
+        return encode_prompts(base, captions, max_token_length=int(self.cfg["max_token_length"]),
                               clip_skip=int(self.cfg["clip_skip"]), device=self.accelerator.device)
 
     # -- optimizer ---------------------------------------------------------------------------------------------
@@ -847,8 +860,14 @@ class Trainer:
                     gen = torch.Generator("cpu").manual_seed(seed)
                     kw = dict(prompt=sp.prompt, negative_prompt=sp.negative or None, width=sp.width, height=sp.height,
                               num_inference_steps=sp.steps, guidance_scale=sp.cfg_scale, generator=gen)
-                    if self.base.family != "sdxl" and cfg["clip_skip"] > 1:
-                        kw["clip_skip"] = cfg["clip_skip"] - 1
+                    if self.base.family != "sdxl" and (cfg["clip_skip"] > 1 or cfg["max_token_length"] > 75):
+                        # encode like training does (clip skip, long prompts); the pipeline's own clip_skip
+                        # path also breaks on transformers' flattened CLIPTextModel
+                        with torch.no_grad():
+                            pos, _ = self._encode_text([sp.prompt], unwrapped=True)
+                            neg, _ = self._encode_text([sp.negative], unwrapped=True)
+                        kw.update(prompt=None, negative_prompt=None, prompt_embeds=pos.to(self.weight_dtype),
+                                  negative_prompt_embeds=neg.to(self.weight_dtype))
                     with torch.no_grad(), acc.autocast():
                         image = pipe(**kw).images[0]
                     name = sample_filename(cfg["output_name"], step=self.global_step, epoch=epoch, index=i,

@@ -41,6 +41,7 @@ def _join(states: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _final_norm(te):
+    te = getattr(te, "module", te)  # unwrap DistributedDataParallel
     inner = getattr(te, "text_model", te)
     return inner.final_layer_norm
 

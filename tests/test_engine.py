@@ -292,3 +292,11 @@ def test_dataset_check_and_engine_plan_agree_on_steps(sd1_dir, tmp_path):
                   min_bucket_reso=64, max_bucket_reso=256, bucket_reso_steps=64)
     assert (s.steps_per_epoch, s.total_steps) == (p.steps_per_epoch, p.total_steps)
     assert p.steps_per_epoch > 15 // 2  # uneven buckets make more batches than samples / batch
+
+
+def test_samples_with_clip_skip_and_long_prompts(sd1_dir, data, tmp_path):
+    ev = Collector()
+    fin = train(tiny_cfg(sd1_dir, data, tmp_path / "cs", max_train_steps=1, clip_skip=2, max_token_length=150,
+                         sample_at_first=True, sample_prompts="sks toy --n blurry --w 64 --h 64 --s 2"), ev)
+    assert fin.status == "finished", fin.message
+    assert len(ev.of(E.Sample)) == 1
