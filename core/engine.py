@@ -721,14 +721,18 @@ class Trainer:
             freq[s.name] = dict(tag_frequency(img.caption for img in s.images))
         values = dict(self.cfg)
         values["seed"] = self.seed
+        opt = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper holds the real one
         return build_metadata(
             values=values, family=self.base.family, v_prediction=self.v_pred,
             base_model_name=Path(self.cfg["pretrained_model_name_or_path"]).name,
             num_train_images=rp.scan.train_images, num_reg_images=rp.scan.reg_images,
             num_batches_per_epoch=rp.batches_per_epoch, steps=self.global_step, epoch=self.epoch,
-            tag_frequency=freq, bucket_info=rp.data.bucket_histogram(),
-            dataset_dirs={s.name: {"n_repeats": s.repeats, "img_count": s.num_images} for s in rp.scan.subsets},
-            training_started_at=self.started, session_id=self.seed)
+            tag_frequency=freq, bucket_info=rp.data.bucket_info(),
+            dataset_dirs={s.name: {"n_repeats": s.repeats, "img_count": s.num_images} for s in rp.scan.train_subsets},
+            reg_dataset_dirs={s.name: {"n_repeats": s.repeats, "img_count": s.num_images}
+                              for s in rp.scan.reg_subsets},
+            training_started_at=self.started, session_id=self.seed,
+            optimizer_class=f"{type(opt).__module__}.{type(opt).__name__}")
 
     def _save_lora(self, path: Path) -> None:
         import torch

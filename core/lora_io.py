@@ -163,12 +163,14 @@ def build_metadata(*, values: Mapping[str, Any], family: str, v_prediction: bool
                    dataset_dirs: Mapping | None = None, reg_dataset_dirs: Mapping | None = None,
                    training_started_at: float | None = None, training_finished_at: float | None = None,
                    session_id: int | str | None = None, network_args: Mapping[str, Any] | None = None,
-                   ) -> dict[str, str]:
+                   optimizer_class: str | None = None) -> dict[str, str]:
     """The safetensors metadata of a LoRA file, kohya/sd-scripts style; every value a ``str``.
 
     *values* is the training config with kohya key names (network_dim, network_alpha, conv_dim, LoRA_type,
     learning_rate, unet_lr, optimizer, max_resolution, output_name, metadata_title/author/...). The hashes
-    (``sshs_*``) are added by :func:`save_lora`.
+    (``sshs_*``) are added by :func:`save_lora`. *bucket_info* is sd-scripts' shape (``{"buckets": {"0":
+    {"resolution": [w, h], "count": n}}, "mean_img_ar_error": x}``); *optimizer_class* the optimizer's
+    ``module.Class`` as sd-scripts writes it in ``ss_optimizer`` (the config's name is used without it).
     """
     family = (family or "").lower()
     if family not in ("sd1", "sd2", "sdxl"):
@@ -214,7 +216,7 @@ def build_metadata(*, values: Mapping[str, Any], family: str, v_prediction: bool
         if key in values and values[key] is not None:
             md[ss_key] = _s(values[key])
     if "optimizer" in values:
-        opt = str(values["optimizer"])
+        opt = optimizer_class or str(values["optimizer"])
         opt_args = values.get("optimizer_args")
         if opt_args:
             opt += f"({opt_args if isinstance(opt_args, str) else ','.join(map(str, opt_args))})"
@@ -571,6 +573,54 @@ def verify_lora(path: str | os.PathLike) -> VerifyReport:
     return report
 
 
+_CONTEXT_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+def _invokeai_probe_width(groups: Mapping[str, Mapping[str, Any]]) -> int | None:
+    """The width InvokeAI identifies a LoRA's base model by: the input width of a UNet cross-attention
+    to_k/to_v (the context width), else of text-encoder self-attention (SD1/SD2 ``lora_te_``; SDXL
+    ``lora_te1_`` + ``lora_te2_`` summed, so both encoders must be present). None: nothing to probe."""
+    te1 = te2 = None
+    for n, t in groups.items():
+        down = t.get("lora_down.weight")
+        if down is None or getattr(down, "ndim", 0) < 2:
+            continue
+        width = int(down.shape[1])
+        if n.startswith("lora_unet_") and ("attn2_to_k" in n or "attn2_to_v" in n):
+            return width
+        if "_self_attn_" in n:
+            if n.startswith("lora_te_"):
+                return width
+            if n.startswith("lora_te1_"):
+                te1 = width
+            elif n.startswith("lora_te2_"):
+                te2 = width
+            if te1 is not None and te2 is not None:
+                return te1 + te2
+    return None
+
+
+def _judge_invokeai_probe(r: VerifyReport, groups: Mapping[str, Mapping[str, Any]], fail, notes: list[str]) -> None:
+    if not any("lora_down.weight" in t for t in groups.values()):
+        return  # LoHa/LoKr/other layouts: judged elsewhere
+    width = _invokeai_probe_width(groups)
+    if width is None:
+        has_unet = bool(r.counts.get("unet"))
+        what = ("no UNet cross-attention (attn2 to_k/to_v) module" if has_unet else
+                "text-encoder modules only, and " + ("not both SDXL encoders' self-attention"
+                                                     if r.family == "sdxl" else "no self-attention module"))
+        fail(("InvokeAI",), f"InvokeAI cannot tell which base model this LoRA is for ({what}); "
+                            "train the UNet too, including attn2 to_k/to_v")
+        return
+    guess = _CONTEXT_WIDTH.get(width)
+    if guess is None:
+        notes.append(f"InvokeAI's base-model probe reads width {width}, which is no SD1/SD2/SDXL width "
+                     "(a tiny or unusual base model)")
+    elif r.family and guess != r.family:
+        fail(("InvokeAI",), f"InvokeAI's base-model probe reads width {width} and takes it for {guess}, "
+                            f"not {r.family}")
+
+
 def _judge_compat(r: VerifyReport, sd: Mapping[str, Any], groups: Mapping[str, Mapping[str, Any]]) -> None:
     problems: dict[str, list[str]] = {c: [] for c in CLIENTS}
     notes: dict[str, list[str]] = {c: [] for c in CLIENTS}
@@ -662,9 +712,7 @@ def _judge_compat(r: VerifyReport, sd: Mapping[str, Any], groups: Mapping[str, M
         missing_alpha = [n for n, t in groups.items() if "lora_down.weight" in t and "alpha" not in t]
         if missing_alpha:
             r.warnings.append(f"{len(missing_alpha)} module(s) have no alpha: every loader then uses scale 1.0")
-        if r.counts["unet"] and not any(("attn2_to_k" in n or "attn2_to_v" in n) for n in names):
-            for c in ("InvokeAI",):
-                notes[c].append("no attn2 to_k/to_v module: InvokeAI's base-model probe may guess the family wrong")
+        _judge_invokeai_probe(r, groups, fail, notes["InvokeAI"])
 
     if "lora_adapter_metadata" in r.metadata and r.format == "kohya":
         fail(("diffusers",), "metadata has 'lora_adapter_metadata': diffusers raises 'Both network_alphas and "

@@ -94,6 +94,19 @@ class DatasetPlan:
             counts[key] = counts.get(key, 0) + 1
         return dict(sorted(counts.items(), key=lambda kv: tuple(int(x) for x in kv[0].split("x"))))
 
+    def bucket_info(self) -> dict:
+        """``ss_bucket_info`` in sd-scripts' shape, which AUTOMATIC1111's metadata panel reads: each bucket's
+        resolution and sample count (images × repeats) and the mean |bucket − image| aspect-ratio error."""
+        counts: dict[tuple[int, int], int] = {}
+        for i in self.train_samples + self.reg_samples:
+            b = self.items[i].bucket
+            counts[b] = counts.get(b, 0) + 1
+        errors = [abs(it.bucket[0] / it.bucket[1] - it.image.width / it.image.height)
+                  for it in self.items if it.image.height]
+        return {"buckets": {str(i): {"resolution": [w, h], "count": n}
+                            for i, ((w, h), n) in enumerate(sorted(counts.items()))},
+                "mean_img_ar_error": sum(errors) / len(errors) if errors else 0.0}
+
     def small_buckets(self) -> list[str]:
         """Buckets holding fewer samples than the batch size (those steps run at a smaller batch)."""
         counts: dict[tuple[int, int], int] = {}

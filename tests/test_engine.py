@@ -300,3 +300,28 @@ def test_samples_with_clip_skip_and_long_prompts(sd1_dir, data, tmp_path):
                          sample_at_first=True, sample_prompts="sks toy --n blurry --w 64 --h 64 --s 2"), ev)
     assert fin.status == "finished", fin.message
     assert len(ev.of(E.Sample)) == 1
+
+
+def test_metadata_has_sd_scripts_shapes_for_buckets_optimizer_and_reg_dirs(sd1_dir, tmp_path):
+    """AUTOMATIC1111's metadata panel reads ss_bucket_info only in sd-scripts' shape; ss_optimizer is
+    module.Class; regularisation folders go to ss_reg_dataset_dirs, not ss_dataset_dirs."""
+    from safetensors import safe_open
+
+    img = tmp_path / "img"
+    for i, size in enumerate([(64, 64), (64, 64), (128, 64)]):
+        imgs.save(img / "2_sks toy" / f"a{i}.png", size=size)
+    imgs.save(tmp_path / "reg" / "1_toy" / "r0.png", size=(64, 128))
+    cfg = tiny_cfg(sd1_dir, img, tmp_path / "out", reg_data_dir=str(tmp_path / "reg"), epoch=1,
+                   max_resolution="128,128", min_bucket_reso=64, max_bucket_reso=256, bucket_reso_steps=64,
+                   optimizer_args="weight_decay=0.1")
+    fin = train(cfg)
+    assert fin.status == "finished", fin.message
+    with safe_open(fin.output, "pt") as f:
+        md = f.metadata()
+    info = json.loads(md["ss_bucket_info"])
+    buckets = {tuple(b["resolution"]): b["count"] for b in info["buckets"].values()}
+    assert buckets == {(64, 64): 4, (64, 128): 1, (128, 64): 2}  # images × repeats, reg included
+    assert sorted(info["buckets"]) == ["0", "1", "2"] and info["mean_img_ar_error"] == 0.0
+    assert md["ss_optimizer"] == "torch.optim.adamw.AdamW(weight_decay=0.1)"
+    assert json.loads(md["ss_dataset_dirs"]) == {"2_sks toy": {"n_repeats": 2, "img_count": 3}}
+    assert json.loads(md["ss_reg_dataset_dirs"]) == {"1_toy": {"n_repeats": 1, "img_count": 1}}

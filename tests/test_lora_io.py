@@ -316,3 +316,30 @@ def test_verify_flags_loader_problems(tmp_path):
     assert r.compat["diffusers"][0] and not r.compat["A1111"][0] and not r.compat["ComfyUI"][0]
     text = format_verify_report(r)
     assert "A1111: PROBLEM" in text and "diffusers: OK" in text
+
+
+def test_verify_simulates_invokeais_base_model_probe(tmp_path):
+    """InvokeAI names a LoRA's base model from the input width of UNet attn2 to_k/to_v, else of text-encoder
+    self-attention (SDXL: both encoders, widths summed). A file it cannot classify is not 'InvokeAI: OK'."""
+    xl = {"ss_base_model_version": "sdxl_base_v1-0"}
+    te1 = _module("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", width=768)
+    te2 = _module("lora_te2_text_model_encoder_layers_0_self_attn_q_proj", width=1280)
+    # SDXL, text encoder 1 only: InvokeAI cannot identify it
+    r = _verify_synthetic(tmp_path, te1, xl)
+    assert not r.compat["InvokeAI"][0] and r.compat["ComfyUI"][0]
+    assert any("cannot tell which base model" in why for why in r.compat["InvokeAI"][1])
+    assert "InvokeAI: PROBLEM" in format_verify_report(r)
+    # SDXL, text-encoder MLPs only: nothing to probe
+    r = _verify_synthetic(tmp_path, _module("lora_te1_text_model_encoder_layers_0_mlp_fc1", width=768), xl)
+    assert not r.compat["InvokeAI"][0]
+    # both encoders: 768 + 1280 = 2048, SDXL's context width
+    r = _verify_synthetic(tmp_path, {**te1, **te2}, xl)
+    assert r.compat["InvokeAI"][0], r.compat["InvokeAI"]
+    # a cross-attention key with SD1's width in a file that says SDXL: InvokeAI takes it for SD1
+    r = _verify_synthetic(tmp_path, _module("lora_unet_output_blocks_5_1_transformer_blocks_0_attn2_to_k",
+                                            width=768), xl)
+    assert not r.compat["InvokeAI"][0] and any("takes it for sd1" in w for w in r.compat["InvokeAI"][1])
+    # the UNet's own cross-attention with SDXL's width: fine
+    r = _verify_synthetic(tmp_path, _module("lora_unet_output_blocks_5_1_transformer_blocks_0_attn2_to_k",
+                                            width=2048), xl)
+    assert r.compat["InvokeAI"][0], r.compat["InvokeAI"]
