@@ -76,6 +76,7 @@ class Param:
     visible_if: Callable[[Mapping[str, Any]], bool] | None = None
     enabled_if: Callable[[Mapping[str, Any]], bool] | None = None
     check: Callable[[Any], str | None] | None = None  # extra per-value check -> message or None
+    also_on: tuple[str, ...] = ()  # other pages that show the same field (one value, two places)
 
     def is_visible(self, cfg: Mapping[str, Any]) -> bool:
         return self.visible_if(cfg) if self.visible_if else True
@@ -211,7 +212,7 @@ PARAMS: tuple[Param, ...] = (
       "model", "Base model"),
     P("train_data_dir", "path", "", "Image folder",
       "The folder that CONTAINS your concept folders named like '10_sks dog' (not the concept folder itself).",
-      "model", "Dataset", path_kind="dir", preset=False),
+      "model", "Dataset", path_kind="dir", preset=False, also_on=("folders",)),
     P("output_name", "str", "my-lora", "Trained model output name",
       "File name of the LoRA, without extension: <name>.safetensors, <name>-000001.safetensors per epoch.",
       "model", "Output", preset=False,
@@ -501,6 +502,12 @@ def defaults() -> dict[str, Any]:
 
 def params_on_page(page: str) -> list[Param]:
     return [p for p in PARAMS if p.page == page]
+
+
+def mirrored_on(page: str) -> list[Param]:
+    """Parameters that live on another page and are also shown on *page* (kohya_ss had the image folder on
+    Folders before moving it to Model; users look in both places)."""
+    return [p for p in PARAMS if page in p.also_on]
 
 
 def sections(page: str) -> list[tuple[str, list[Param]]]:

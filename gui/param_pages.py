@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (QCheckBox, QFrame, QGridLayout, QGroupBox, QHBoxL
                                QStackedWidget, QVBoxLayout, QWidget)
 
 from core.params import (BY_KEY, FAMILY_LABELS, PAGES, PARAMS, SAMPLER_LABELS, Param, Problem, ValueProblem, coerce,
-                         cross_check, defaults, sections)
+                         cross_check, defaults, mirrored_on, sections)
 from gui.widgets import (ERROR_COLOR, WARNING_COLOR, FieldFrame, FloatSpinBox, NoWheelComboBox, NoWheelSpinBox,
                          PathEdit)
 from gui.worker import BackgroundCall
@@ -31,7 +31,8 @@ from gui.worker import BackgroundCall
 PAGE_TITLES = dict(PAGES)
 PAGE_INTROS = {
     "model": "The base model you train on, the folder with your training images and the name of the LoRA file.",
-    "folders": "Where the trained LoRA, the samples and the logs are written, and optional regularisation images.",
+    "folders": "Your training images, where the trained LoRA, the samples and the logs are written, and optional "
+               "regularisation images.",
     "metadata": "Stored inside the LoRA file and shown by UIs that read modelspec metadata.",
     "basic": "What most runs change: network size, learning rate, optimizer, training length and resolution.",
     "advanced": "Memory, captions, augmentation, loss, noise, saving and block weights. The defaults suit most runs.",
@@ -290,6 +291,8 @@ class ParamForm(QWidget):
         self._page_keys: list[str] = []
         self._scrolls: dict[str, QScrollArea] = {}
         self._columns: dict[str, ColumnsWidget] = {}
+        # second editors of fields shown on two pages: key -> [(editor, getter, setter)]
+        self._mirrors: dict[str, list[tuple[QWidget, Callable[[], Any], Callable[[Any], None]]]] = {}
 
         self.nav = QListWidget(self)
         self.nav.setObjectName("pageList")
@@ -365,8 +368,10 @@ class ParamForm(QWidget):
         outer.addWidget(title)
         outer.addWidget(intro)
         groups = []
+        mirrors = mirrored_on(page)
         for section, params in sections(page):
-            groups.append(self._build_group(section or PAGE_TITLES[page], params))
+            groups.append(self._build_group(section or PAGE_TITLES[page], params, mirrors))
+            mirrors = []
         # one label width per page so that fields line up across its sections
         labels = [f.label for f in self.fields.values() if f.param.page == page and f.label is not None]
         if labels:
@@ -387,14 +392,57 @@ class ParamForm(QWidget):
         self._scrolls[page] = scroll
         return scroll
 
-    def _build_group(self, title: str, params: list[Param]) -> QGroupBox:
+    def _build_mirror(self, param: Param, box: QGroupBox, grid: QGridLayout, row: int) -> None:
+        """A second editor for a field that lives on another page: edits go to the field itself (one value)."""
+        editor, getter, setter, signals = _make_editor(param, box)
+        home = PAGE_TITLES[param.page]
+        editor.setToolTip(f"{param.help}\n(The same field as on the {home} page.)")
+        label = QLabel(param.label, box)
+        label.setToolTip(editor.toolTip())
+        label.setBuddy(editor.line if isinstance(editor, PathEdit) else editor)
+        label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        label.setProperty("patina_key", param.key)
+        label.installEventFilter(self._help_filter)
+        frame = FieldFrame(editor, box)
+        label.setMinimumHeight(frame.sizeHint().height())
+        grid.addWidget(label, row, 0, Qt.AlignmentFlag.AlignTop)
+        grid.addWidget(frame, row, 1)
+        self._mirrors.setdefault(param.key, []).append((editor, getter, setter))
+        for sig in signals:
+            sig.connect(lambda *_a, k=param.key, g=getter: self._mirror_edited(k, g))
+
+    def _mirror_edited(self, key: str, getter: Callable[[], Any]) -> None:
+        if self._loading:
+            return
+        value = getter()
+        if self.fields[key].getter() != value:
+            self.fields[key].setter(value)  # the field's own signals check it and emit changed
+
+    def _sync_mirrors(self, key: str) -> None:
+        if key not in self._mirrors:
+            return
+        value = self.fields[key].getter()
+        for editor, getter, setter in self._mirrors[key]:
+            if getter() == value:
+                continue
+            blockers = [editor] + ([editor.line] if isinstance(editor, PathEdit) else [])
+            old = [w.blockSignals(True) for w in blockers]
+            try:
+                setter(value)
+            finally:
+                for w, b in zip(blockers, old):
+                    w.blockSignals(b)
+
+    def _build_group(self, title: str, params: list[Param], mirrors: list[Param] = ()) -> QGroupBox:
         box = QGroupBox(title)
         grid = QGridLayout(box)
         grid.setContentsMargins(12, 14, 12, 12)
         grid.setHorizontalSpacing(12)
         grid.setVerticalSpacing(6)
         grid.setColumnStretch(1, 1)
-        for row, param in enumerate(params):
+        for row, param in enumerate(mirrors):
+            self._build_mirror(param, box, grid, row)
+        for row, param in enumerate(params, start=len(mirrors)):
             editor, getter, setter, signals = _make_editor(param, box)
             editor.setToolTip(param.help)
             frame = FieldFrame(editor, box)
@@ -487,6 +535,8 @@ class ParamForm(QWidget):
                         w.blockSignals(b)
         finally:
             self._loading = False
+        for key in self._mirrors:
+            self._sync_mirrors(key)
         self._model_path_changed()
         if values.get("_detected_family"):
             self._set_family(values["_detected_family"], str(values.get("pretrained_model_name_or_path", "")))
@@ -551,6 +601,7 @@ class ParamForm(QWidget):
             return
         if key == "pretrained_model_name_or_path":
             self._model_path_changed()
+        self._sync_mirrors(key)
         self.refresh()
         self.changed.emit()
 

@@ -221,3 +221,25 @@ def test_changed_is_emitted_by_edits_not_by_set_values(form, qtbot):
         form.set_values({"network_dim": 32})
     with qtbot.waitSignal(form.changed):
         form.editor("network_dim").setValue(16)
+
+
+def test_image_folder_is_on_the_model_and_folders_pages_as_one_field(form, qtbot, tmp_path):
+    """kohya_ss users look for the image folder under Folders (where older kohya_ss had it) and under
+    Model (where it is now): both pages show it, and it is one value."""
+    folders_page = form.stack.widget([p for p, _ in PAGES].index("folders"))
+    mirror = [w for w in folders_page.findChildren(PathEdit) if "Image folder" in w.toolTip() or
+              "CONTAINS" in w.toolTip()]
+    assert len(mirror) == 1
+    mirror = mirror[0]
+    assert "Model page" in mirror.toolTip()
+    # typing in the Folders copy sets the field (and marks the config changed)
+    with qtbot.waitSignal(form.changed):
+        mirror.setText(str(tmp_path / "img"))
+    assert form.values()["train_data_dir"] == str(tmp_path / "img")
+    assert form.editor("train_data_dir").text() == str(tmp_path / "img")
+    # editing the Model page's field or loading a config updates the Folders copy
+    form.editor("train_data_dir").setText(str(tmp_path / "other"))
+    assert mirror.text() == str(tmp_path / "other")
+    form.set_values({"train_data_dir": "/data/dog/img"})
+    assert mirror.text() == "/data/dog/img"
+    assert list(form.values()).count("train_data_dir") == 1
