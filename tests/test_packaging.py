@@ -139,7 +139,11 @@ def test_linux_launcher_runs_the_venv_python_from_a_path_with_spaces(tmp_path):
     r = subprocess.run(["bash", str(launcher), "--version"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "not installed yet" in r.stderr and str(app) in r.stderr
     (app / ".venv" / "bin").mkdir(parents=True)
-    (app / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    # A stand-in for the venv's python that runs this interpreter *as itself*: a symlink to sys.executable
+    # would make Python look for pyvenv.cfg beside the link, miss it, and start without this venv's packages.
+    fake = app / ".venv" / "bin" / "python"
+    fake.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n', encoding="utf-8")
+    fake.chmod(0o755)
     link = tmp_path / "bin dir" / "patina"  # a symlink elsewhere still finds the app
     link.parent.mkdir()
     link.symlink_to(launcher)
