@@ -349,8 +349,9 @@ class Trainer:
             if self.train_unet:
                 self.base.unet.enable_gradient_checkpointing()
             if self.train_te:
-                for te in self.base.text_encoders:
-                    te.gradient_checkpointing_enable()
+                for te in self.base.text_encoders:  # transformers ≥ 5 renamed it
+                    enable = getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable
+                    enable()
         if self.train_unet:
             self.base.unet.train()
         if self.train_te:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -105,7 +106,11 @@ def make_scheduler(sampler: str, scheduler_config: dict):
     if karras and "use_karras_sigmas" in inspect.signature(cls.__init__).parameters:
         kwargs["use_karras_sigmas"] = True
     config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-    return cls.from_config(config, **kwargs)
+    with warnings.catch_warnings():
+        # kohya's "dpmsolver" is diffusers' first-order algorithm, which diffusers marks as deprecated; it is
+        # the user's choice of sampler, not something to warn about on every sample
+        warnings.filterwarnings("ignore", message=".*algorithm_type dpmsolver is deprecated", category=FutureWarning)
+        return cls.from_config(config, **kwargs)
 
 
 def sample_filename(output_name: str, *, step: int, epoch: int | None, index: int, seed: int | None,

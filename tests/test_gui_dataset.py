@@ -76,7 +76,7 @@ def type_into_editor(qtbot, tab: DatasetTab, text: str) -> None:
     qtbot.keyClicks(editor, text)
 
 
-def wait_file(qtbot, path: Path, expected: bytes | None, timeout: int = 3000) -> None:
+def wait_file(qtbot, path: Path, expected: bytes | None, timeout: int = 10000) -> None:
     def ok():
         if expected is None:
             return not path.exists()
