@@ -339,7 +339,9 @@ def test_real_engine_stop_from_the_window_gives_a_valid_lora(qtbot, tmp_path, mo
         assert w.monitor.state == "stopping" and "Stopping" in w.monitor.start_button.text()
     assert fin.args[0].status == "stopped", fin.args[0].message
     assert fin.args[0].step < w.monitor.last_plan.total_steps
-    assert verify_lora(tmp_path / "out" / "tiny.safetensors").ok
+    assert fin.args[0].output == str(tmp_path / "out" / f"tiny-step{fin.args[0].step:08d}.safetensors")
+    assert verify_lora(fin.args[0].output).ok
+    assert not (tmp_path / "out" / "tiny.safetensors").exists()
     assert w.monitor.state == "idle" and w.training.start_button.isEnabled()
 
 
