@@ -898,6 +898,7 @@ class Trainer:
         if not cfg["sample_prompts"].strip():
             return
         acc.wait_for_everyone()
+        failure = None
         if acc.is_main_process:
             prompts = parse_prompts(cfg["sample_prompts"], default_size=parse_resolution(cfg["max_resolution"]))
             self.status("sampling", f"Generating {len(prompts)} sample(s)…")
@@ -947,7 +948,8 @@ class Trainer:
                                 os.unlink(tmp)
                             raise
                     except OSError as exc:
-                        raise _SaveFailed(path, exc) from None
+                        failure = _SaveFailed(path, exc)
+                        break
                     self.emit(Sample(path=str(path), prompt=sp.prompt, index=i, step=self.global_step,
                                      epoch=epoch if epoch is not None else self.epoch + 1))
             finally:
@@ -961,6 +963,8 @@ class Trainer:
                 self._empty_cache()
             self.status("training", "Training…")
         acc.wait_for_everyone()
+        if self._agree(failure is not None):
+            raise failure or _SaveFailed(Path(cfg["output_dir"]) / "sample", None)
 
     # -- logs ---------------------------------------------------------------------------------------------------
     def _open_logs(self) -> None:

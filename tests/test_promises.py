@@ -105,6 +105,24 @@ def test_stop_and_save_now_never_replace_a_finished_lora_and_resume_twice_does_n
     fin = train(dict(cfg, max_train_steps=6), again, resume=str(state))
     assert fin.status == "finished" and again.of(E.Metrics) == []
 
+    # a resume state whose optimizer.pt carries a pickle payload: refused, the payload never runs
+    import shutil
+    evil = tmp_path / "evil-state"
+    shutil.copytree(state, evil)
+    marker = tmp_path / "PWNED"
+    torch.save({"state": {}, "param_groups": [], "x": _Payload(marker)}, evil / "optimizer.pt")
+    fin = train(dict(cfg, max_train_steps=6), resume=str(evil))
+    assert fin.status == "failed" and not marker.exists()
+    assert fin.output is None or Path(fin.output).name != "tiny.safetensors"
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
 
 def test_ctrl_c_in_the_cli_saves_under_a_step_name_and_keeps_the_finished_file(sd1_dir, data, tmp_path):
     out = tmp_path / "out"
@@ -305,3 +323,163 @@ def test_saved_files_honour_the_umask(tmp_path, umask022):
     (tmp_path / "x.safetensors").chmod(0o640)  # a file the user set up keeps its permissions
     atomic_write_text(tmp_path / "x.safetensors", "replaced")
     assert stat.S_IMODE((tmp_path / "x.safetensors").stat().st_mode) == 0o640
+
+
+# --- a bad LoRA file is reported as broken ------------------------------------------------------------------
+
+def _lora_for(model_dir, conv_dim=0):
+    from core.models import load_base_model
+    from core.network import NetworkSpec, build_network
+
+    base = load_base_model(model_dir)
+    net = build_network(base.unet, base.text_encoders, base.family,
+                        NetworkSpec(network_dim=4, network_alpha=2.0, conv_dim=conv_dim or None, conv_alpha=1.0))
+    sd = net.kohya_state_dict(dtype=torch.float32)
+    return {k: (torch.randn_like(v) if k.endswith("lora_up.weight") else v) for k, v in sd.items()}
+
+
+def test_verify_reports_shapes_that_do_not_fit_together_for_every_loader(tmp_path, capsys):
+    from core.cli import main as cli
+    from core.lora_io import CLIENTS
+
+    good = {"lora_unet_a_to_k.lora_down.weight": torch.randn(4, 8), "lora_unet_a_to_k.lora_up.weight": torch.randn(8, 4),
+            "lora_unet_a_to_k.alpha": torch.tensor(4.0)}
+    save_lora(tmp_path / "good.safetensors", good, precision="float")
+    assert verify_lora(tmp_path / "good.safetensors").broken == []
+    cases = {
+        "rank": {"lora_unet_a_to_k.lora_down.weight": torch.randn(4, 8),
+                 "lora_unet_a_to_k.lora_up.weight": torch.randn(8, 5)},
+        "alpha": dict(good, **{"lora_unet_a_to_k.alpha": torch.ones(4)}),
+        "no_up": {"lora_unet_a_to_k.lora_down.weight": torch.randn(4, 8), "lora_unet_a_to_k.alpha": torch.tensor(4.0)},
+        "conv_up": {"lora_unet_c_conv1.lora_down.weight": torch.randn(4, 8, 3, 3),
+                    "lora_unet_c_conv1.lora_up.weight": torch.randn(8, 4, 3, 3)},
+        "mixed_dims": {"lora_unet_c_conv1.lora_down.weight": torch.randn(4, 8, 3, 3),
+                       "lora_unet_c_conv1.lora_up.weight": torch.randn(8, 4)},
+    }
+    for name, sd in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_lora(path, sd, precision="float")
+        report = verify_lora(path)
+        assert len(report.broken) == 1 and not report.ok, name
+        assert all(not ok for ok, _ in report.compat.values()), name
+        assert cli(["verify", str(path)]) == 1
+        out = capsys.readouterr().out
+        assert "BROKEN" in out and all(f"{c}: PROBLEM" in out for c in CLIENTS), (name, out)
+    assert "rank 4 but lora_up 8×5 expects rank 5" in verify_lora(tmp_path / "rank.safetensors").broken[0]
+
+
+def test_verify_against_the_base_model(sd1_dir, tmp_path, tmp_path_factory, capsys):
+    from core.cli import main as cli
+
+    sd = _lora_for(sd1_dir, conv_dim=2)
+    path = tmp_path / "fits.safetensors"
+    save_lora(path, sd, precision="float")
+    report = verify_lora(path, model=sd1_dir)
+    assert report.ok and report.mismatched == [] and report.not_in_model == [], report.mismatched[:3]
+    assert cli(["verify", str(path), "--model", str(sd1_dir)]) == 0
+    assert "every module fits the model's layers" in capsys.readouterr().out
+
+    linear = next(k for k in sd if "attn2_to_k" in k and k.endswith("lora_down.weight"))
+    conv = next(k for k, v in sd.items() if k.endswith("lora_down.weight") and v.ndim == 4 and v.shape[2] == 3)
+    bad = dict(sd)
+    bad[linear] = torch.randn(4, sd[linear].shape[1] + 8)  # consistent in itself, wrong input width
+    bad[conv] = torch.randn(*sd[conv].shape[:2], 1, 1)      # a 1×1 LoCon on a 3×3 layer
+    save_lora(tmp_path / "other.safetensors", bad, precision="float")
+    assert verify_lora(tmp_path / "other.safetensors").broken == []  # without the model it cannot be seen
+    report = verify_lora(tmp_path / "other.safetensors", model=sd1_dir)
+    assert not report.ok and len(report.mismatched) == 2
+    assert all(not ok for ok, _ in report.compat.values())
+    assert cli(["verify", str(tmp_path / "other.safetensors"), "--model", str(sd1_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "do not fit the model's layers" in out and linear.split(".")[0] in out
+
+    sdxl = save_tiny_diffusers(tmp_path_factory.mktemp("models") / "tiny-sdxl", "sdxl")
+    report = verify_lora(path, model=sdxl)  # an SD1 LoRA checked against an SDXL model
+    assert not report.ok and (report.mismatched or report.not_in_model)
+
+
+# --- surprises in the data are said before training ------------------------------------------------------
+
+def test_captions_under_another_extension_are_reported(sd1_dir, data, tmp_path):
+    p = plan(tiny_cfg(sd1_dir, data, tmp_path / "out", caption_extension=".caption"))
+    assert "Captions: 0 of 4 training image(s) have a .caption caption file" in p.text
+    assert "4 have a `.txt` file: set the caption extension (caption_extension) to .txt" in p.text
+    p = plan(tiny_cfg(sd1_dir, data, tmp_path / "out"))
+    assert "Captions: 4 of 4 training image(s) have a .txt caption file" in p.text and ".caption" not in p.text
+
+
+def test_a_folder_with_0_repeats_is_not_counted(sd1_dir, data, tmp_path):
+    make_dataset(tmp_path, n=3, name="0_unused")
+    p = plan(tiny_cfg(sd1_dir, data, tmp_path / "out"))
+    assert p.images == 4 and "0 repeats" in p.text
+
+
+def test_long_captions_warn_with_the_token_count(sd1_dir, data, tmp_path):
+    long = ", ".join(f"tag{i} word{i}" for i in range(60))
+    (data / "2_sks toy" / "img01.txt").write_text(long, encoding="utf-8")
+    ev = Collector()
+    fin = train(tiny_cfg(sd1_dir, data, tmp_path / "out", max_train_steps=1), ev)
+    assert fin.status == "finished", fin.message
+    plan_text = ev.of(E.Plan)[0].text
+    warning = next(e.text for e in ev.of(E.Log) if "max_token_length" in e.text)
+    assert "1 caption(s) are longer than max_token_length (75 tokens)" in warning and "img01.png" in warning
+    assert "only their first 75 tokens are used" in warning and "set max_token_length to" in warning
+    assert warning in plan_text
+
+
+def test_an_unreadable_image_says_permission_denied(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import core.dataset.images as images
+
+    path = tmp_path / "locked.png"
+    Image.new("RGB", (8, 8)).save(path)
+    real = Image.open
+
+    def open_(p, *a, **k):
+        if Path(p) == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(p))
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(images.Image, "open", open_)
+    check = images.probe_image(path)
+    assert not check.ok and check.reason.startswith("permission denied")
+    if hasattr(os, "geteuid") and os.geteuid() != 0:  # root reads everything
+        monkeypatch.setattr(images.Image, "open", real)
+        path.chmod(0)
+        assert images.probe_image(path).reason.startswith("permission denied")
+
+
+def test_dataset_prepare_skips_broken_images_and_lists_them(tmp_path, capsys, umask022):
+    import imagefactory as imgs
+    from core.cli import main as cli
+
+    src = tmp_path / "src"
+    make_dataset(tmp_path / "made", n=2)
+    src.mkdir()
+    for f in (tmp_path / "made" / "img" / "2_sks toy").iterdir():
+        f.rename(src / f.name)
+    imgs.truncated_jpeg(src / "broken.jpg")
+    (src / "broken.txt").write_text("caption of a broken image")
+    imgs.zero_byte(src / "empty.png")
+    imgs.text_file(src / "notes.png")
+    (src / "img00.png").chmod(0o600)
+    rc = cli(["dataset", "prepare", "--instance", "sks", "--class", "toy", "--images", str(src), "--repeats", "3",
+              "--dest", str(tmp_path / "dest")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    concept = tmp_path / "dest" / "img" / "3_sks toy"
+    assert sorted(p.name for p in concept.iterdir()) == ["img00.png", "img00.txt", "img01.png", "img01.txt"]
+    assert "Copied 2 training image(s)" in out
+    for name in ("broken.jpg", "empty.png", "notes.png"):
+        assert f"{src / name} was not copied" in out
+    # an ordinary folder and files (umask 022), not private ones
+    assert stat.S_IMODE(concept.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in concept.iterdir()} == {0o644}
+    for p in src.iterdir():
+        p.unlink()
+    imgs.zero_byte(src / "empty.png")
+    rc = cli(["dataset", "prepare", "--instance", "sks", "--class", "toy", "--images", str(src), "--repeats", "3",
+              "--dest", str(tmp_path / "dest2")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "can be read" in err and "empty.png" in err and "Traceback" not in err
