@@ -214,6 +214,18 @@ def test_a_failed_save_during_the_run_ends_it_with_a_message_and_keeps_the_weigh
     _no_traceback(ev.events)
 
 
+def test_a_sample_that_cannot_be_written_ends_the_run_with_a_message(sd1_dir, data, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _fail_writes_in(monkeypatch, out / "sample", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "create")
+    ev = Collector()
+    fin = train(tiny_cfg(sd1_dir, data, out, max_train_steps=3, sample_every_n_steps=1,
+                         sample_prompts="sks toy --w 64 --h 64 --s 1"), ev)
+    assert fin.status == "failed" and fin.step == 1
+    assert f"Could not save {out / 'sample'}" in fin.message and "the disk is full" in fin.message
+    assert fin.output == str(out / "tiny-step00000001.safetensors") and verify_lora(fin.output).ok
+    _no_traceback(ev.events)
+
+
 def test_output_folder_taken_away_during_the_run(sd1_dir, data, tmp_path):
     out = tmp_path / "out"
 
