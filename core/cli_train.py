@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     v = sub.add_parser("verify", help="inspect a LoRA file: modules, ranks, alphas, metadata, problems")
     v.add_argument("file")
+    v.add_argument("--model", metavar="PATH", default=None,
+                   help="also check every module's shape against this base model (file or diffusers folder)")
     v.set_defaults(handler=_verify)
 
     b = sub.add_parser("bench", help="measure training speed with random weights (nothing downloaded)")
@@ -135,7 +137,7 @@ def _train(args) -> int:
 def _verify(args) -> int:
     from core.lora_io import format_verify_report, verify_lora
 
-    report = verify_lora(args.file)
+    report = verify_lora(args.file, model=args.model)
     print(format_verify_report(report))
     return 0 if report.ok else 1
 

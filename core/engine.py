@@ -15,6 +15,8 @@ emits events; each process trains on its share of every epoch's batches).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -115,6 +117,9 @@ def plan_event(rp: RunPlan, family: str = "auto") -> Plan:
         f"  Batch size {cfg['train_batch_size']}, gradient accumulation {cfg['gradient_accumulation_steps']}: "
         f"{rp.steps_per_epoch} steps per epoch",
         f"  Epochs: {rp.epochs}   Total steps: {rp.total_steps}",
+        f"  Captions: {scan.captioned} of {scan.train_images} training image(s) have a {scan.caption_extension} "
+        "caption file" + ("; the others are captioned with their folder name"
+                          if scan.captioned < scan.train_images else ""),
         f"  Resolution {cfg['max_resolution']}, buckets: "
         + ", ".join(f"{k} ({v})" for k, v in rp.data.bucket_histogram().items()),
         f"  Output: {rp.output_path}",
@@ -218,11 +223,15 @@ class Trainer:
         out = self.rp.output_path
         if out.exists() and not self.overwrite and not resume_state:
             raise PatinaError(f"{out} already exists. Choose another output name, or allow overwriting.")
+        self._clean_leftovers()
         for w in self.rp.warnings:
             self.log(w, "warning")
 
         self.status("loading", f"Loading {Path(cfg['pretrained_model_name_or_path']).name}…")
         self._load_models()
+        for w in self._long_caption_warnings():
+            self.rp.warnings.append(w)
+            self.log(w, "warning")
         self.emit(plan_event(self.rp, self.base.family))
         self.log(f"Seed {self.seed}. {self.rp.total_steps} steps over {self.rp.epochs} epoch(s).")
 
@@ -238,6 +247,8 @@ class Trainer:
             stopped = self._loop()
         except _NanLoss as exc:
             return self._finish_failed(str(exc), save=True)
+        except _SaveFailed as exc:
+            return self._finish_failed(exc.describe() + " Training stopped there.", save=True)
         except Exception as exc:
             if _is_oom(exc):
                 return self._finish_failed(_oom_message(cfg), save=True)
@@ -288,6 +299,34 @@ class Trainer:
             m.requires_grad_(False)
             m.eval()
         self._set_attention()
+
+    def _long_caption_warnings(self) -> list[str]:
+        """Captions longer than max_token_length are cut by the text encoder; say so before training."""
+        limit = int(self.cfg["max_token_length"])
+        limit = 75 * max(1, limit // 75)
+        tok = self.base.tokenizers[0] if self.base.tokenizers else None
+        if tok is None:
+            return []
+        seen: dict[str, tuple[int, Path]] = {}
+        for item in self.rp.data.items:
+            cap = item.image.caption
+            if cap in seen or not cap:
+                continue
+            try:
+                n = len(tok(cap, truncation=False, add_special_tokens=False).input_ids)
+            except Exception:  # noqa: BLE001 - a tokenizer that cannot count is no reason to stop
+                return []
+            seen[cap] = (n, item.image.path)
+        long = sorted((v for v in seen.values() if v[0] > limit), key=lambda v: -v[0])
+        if not long:
+            return []
+        n_tokens, path = long[0]
+        fix = ("shorten them" if limit >= 225 else
+               f"set max_token_length to {150 if n_tokens <= 150 else 225} to use up to "
+               f"{150 if n_tokens <= 150 else 225} tokens, or shorten them")
+        return [f"{len(long)} caption(s) are longer than max_token_length ({limit} tokens): only their first {limit} "
+                f"tokens are used and the rest is cut (longest: {path.name}, {n_tokens} tokens). To keep them whole, "
+                f"{fix}."]
 
     def _set_attention(self) -> None:
         mode = self.cfg["xformers"]
@@ -736,31 +775,53 @@ class Trainer:
             optimizer_class=f"{type(opt).__module__}.{type(opt).__name__}")
 
     def _save_lora(self, path: Path) -> None:
+        """Write the LoRA to *path*; raises :class:`_SaveFailed` on every process when the write fails."""
         import torch
 
         from core.lora_io import save_lora
 
         acc = self.accelerator
         acc.wait_for_everyone()
+        error = None
         if acc.is_main_process:
             self.status("saving", f"Saving {path.name}…")
             dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.cfg["save_precision"], torch.float32)
-            save_lora(path, self.network.kohya_state_dict(dtype=dtype), self._metadata(),
-                      precision=self.cfg["save_precision"])
-            self.last_saved = str(path)
-            self.emit(Saved(path=str(path), kind="lora", step=self.global_step, epoch=self.epoch))
-            self.status("training", "Training…")
+            try:
+                save_lora(path, self.network.kohya_state_dict(dtype=dtype), self._metadata(),
+                          precision=self.cfg["save_precision"])
+            except Exception as exc:  # noqa: BLE001 - disk full, permissions, a folder that vanished
+                error = exc
+            else:
+                self.last_saved = str(path)
+                self.emit(Saved(path=str(path), kind="lora", step=self.global_step, epoch=self.epoch))
+                self.status("training", "Training…")
         acc.wait_for_everyone()
+        if self._agree(error is not None):
+            raise _SaveFailed(path, error)
 
     def _save_state(self, folder: Path) -> None:
+        """Write the training state folder; raises :class:`_SaveFailed` on every process when it fails."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        error = None
+        if acc.is_main_process:
+            try:
+                self._write_state(folder)
+            except Exception as exc:  # noqa: BLE001 - disk full, permissions, a folder that vanished
+                error = exc
+        acc.wait_for_everyone()
+        if self._agree(error is not None):
+            raise _SaveFailed(folder, error)
+
+    def _write_state(self, folder: Path) -> None:
         import numpy as np
         import torch
         from safetensors.torch import save_file
 
         acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+        tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+        old = folder.with_name(folder.name + ".old")
+        try:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
@@ -777,16 +838,20 @@ class Trainer:
                      "total_steps": self.rp.total_steps, "config": self.cfg,
                      "saved_at": datetime.now(timezone.utc).isoformat()}
             (tmp / "train_state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
-            old = folder.with_name(folder.name + ".old")
             if folder.exists():
                 if old.exists():
                     shutil.rmtree(old)
                 os.replace(folder, old)
             os.replace(tmp, folder)
-            if old.exists():
-                shutil.rmtree(old)
-            self.emit(Saved(path=str(folder), kind="state", step=self.global_step, epoch=self.epoch))
-        acc.wait_for_everyone()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not folder.exists():  # put the previous state back
+                with contextlib.suppress(OSError):
+                    os.replace(old, folder)
+            raise
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        self.emit(Saved(path=str(folder), kind="state", step=self.global_step, epoch=self.epoch))
 
     def _load_state(self, state: dict) -> None:
         import torch
@@ -838,6 +903,7 @@ class Trainer:
         if not cfg["sample_prompts"].strip():
             return
         acc.wait_for_everyone()
+        failure = None
         if acc.is_main_process:
             prompts = parse_prompts(cfg["sample_prompts"], default_size=parse_resolution(cfg["max_resolution"]))
             self.status("sampling", f"Generating {len(prompts)} sample(s)…")
@@ -854,7 +920,6 @@ class Trainer:
             for t in tes:
                 t.eval()
             out_dir = Path(cfg["output_dir"]) / "sample"
-            out_dir.mkdir(parents=True, exist_ok=True)
             try:
                 pipe = self.base.pipeline(unet=unet, text_encoders=tes)
                 pipe.set_progress_bar_config(disable=True)
@@ -878,9 +943,18 @@ class Trainer:
                     name = sample_filename(cfg["output_name"], step=self.global_step, epoch=epoch, index=i,
                                            seed=sp.seed)
                     path = out_dir / name
-                    tmp = atomic_temp_path(path)
-                    image.save(tmp, format="PNG")
-                    commit_temp(tmp, path)
+                    try:
+                        tmp = atomic_temp_path(path)
+                        try:
+                            image.save(tmp, format="PNG")
+                            commit_temp(tmp, path)
+                        except BaseException:
+                            with contextlib.suppress(OSError):
+                                os.unlink(tmp)
+                            raise
+                    except OSError as exc:
+                        failure = _SaveFailed(path, exc)
+                        break
                     self.emit(Sample(path=str(path), prompt=sp.prompt, index=i, step=self.global_step,
                                      epoch=epoch if epoch is not None else self.epoch + 1))
             finally:
@@ -894,6 +968,8 @@ class Trainer:
                 self._empty_cache()
             self.status("training", "Training…")
         acc.wait_for_everyone()
+        if self._agree(failure is not None):
+            raise failure or _SaveFailed(Path(cfg["output_dir"]) / "sample", None)
 
     # -- logs ---------------------------------------------------------------------------------------------------
     def _open_logs(self) -> None:
@@ -931,32 +1007,102 @@ class Trainer:
 
     # -- endings ------------------------------------------------------------------------------------------------
     def _finish(self, stopped: bool) -> Finished:
-        cfg = self.cfg
-        final = self._path(cfg["output_name"])
-        self._save_lora(final)
-        if stopped or cfg["save_state_on_train_end"] or cfg["save_state"]:
-            self._save_state(self._state_dir(cfg["output_name"]))
+        """Save the result. Only a run that trained to its end writes ``<output_name>.safetensors``; a stopped
+        run saves ``<output_name>-step<N>.safetensors`` and never replaces a finished LoRA of the same name."""
+        cfg, name = self.cfg, self.cfg["output_name"]
+        stem = f"{name}-step{self.global_step:08d}" if stopped else name
+        # A resumed run replaces the state it started from, so resuming again does not replay old steps.
+        with_state = bool(stopped or cfg["save_state_on_train_end"] or cfg["save_state"] or self.resume_dir)
+        lora, state, problem = self._keep(stem, with_state)
         if stopped:
-            msg = (f"Stopped at step {self.global_step} of {self.rp.total_steps}. The LoRA so far is saved as {final}; "
-                   f"continue later from {self._state_dir(cfg['output_name'])}.")
-            return Finished("stopped", msg, str(final), self.global_step)
-        return Finished("finished", f"Done: {self.global_step} steps. Your LoRA is {final}.", str(final),
-                        self.global_step)
+            msg = f"Stopped at step {self.global_step} of {self.rp.total_steps}."
+            if lora is not None and not problem:
+                msg += f" The LoRA so far is saved as {lora}"
+                if self.rp.output_path.exists():
+                    msg += f" ({self.rp.output_path.name} is left as it was)"
+                msg += "."
+            if state is not None:
+                msg += f" Continue later from {state}."
+            if problem:
+                msg += "\n" + problem
+            return Finished("stopped", msg, str(lora) if lora else None, self.global_step)
+        if problem and lora != self._path(stem):
+            msg = (f"Training finished ({self.global_step} steps), but the LoRA could not be saved where asked.\n"
+                   + problem)
+            return Finished("failed", msg, str(lora) if lora else None, self.global_step)
+        msg = f"Done: {self.global_step} steps. Your LoRA is {lora}." + ("\n" + problem if problem else "")
+        return Finished("finished", msg, str(lora), self.global_step)
 
     def _finish_failed(self, message: str, save: bool) -> Finished:
         saved = None
-        if save and self.global_step > 0:
+        if save and self.global_step > 0 and hasattr(self, "network"):
             try:
                 self.optimizer.zero_grad(set_to_none=True)
                 self._empty_cache()
-                final = self._path(f"{self.cfg['output_name']}-step{self.global_step:08d}")
-                self._save_lora(final)
-                self._save_state(self._state_dir(self.cfg["output_name"]))
-                saved = str(final)
-                message += f"\nThe last good state (step {self.global_step}) was saved as {final}."
+                lora, _state, problem = self._keep(f"{self.cfg['output_name']}-step{self.global_step:08d}", True)
+                saved = str(lora) if lora else None
+                if lora is not None and not problem:
+                    message += f"\nThe last good state (step {self.global_step}) was saved as {lora}."
+                if problem:
+                    message += "\n" + problem
             except Exception as exc:  # noqa: BLE001 - report the original failure, note the save failure
                 message += f"\n(Saving the last good state failed too: {exc}.)"
         return Finished("failed", message, saved, self.global_step)
+
+    def _keep(self, stem: str, with_state: bool) -> tuple[Path | None, Path | None, str]:
+        """Save the LoRA as ``<stem>.safetensors`` (and the state as ``<output_name>-state``) in the output
+        folder. What cannot be saved there (disk full, no permission, a folder that disappeared) is saved in
+        the rescue folder of the user data folder instead; the weights stay in memory until then.
+        Returns (LoRA path, state folder, a message about what went wrong, "" when nothing did)."""
+        from core.paths import rescue_dir
+
+        lora = state = None
+        failures: list[_SaveFailed] = []
+        try:
+            self._save_lora(self._path(stem))
+            lora = self._path(stem)
+        except _SaveFailed as exc:
+            failures.append(exc)
+        if with_state:
+            try:
+                self._save_state(self._state_dir(self.cfg["output_name"]))
+                state = self._state_dir(self.cfg["output_name"])
+            except _SaveFailed as exc:
+                failures.append(exc)
+        if not failures:
+            return lora, state, ""
+        lines = [f.describe() for f in failures]
+        rescue = rescue_dir() / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+        if lora is None:
+            try:
+                self._save_lora(rescue / f"{stem}.safetensors")
+                lora = rescue / f"{stem}.safetensors"
+                lines.append(f"The LoRA was saved instead to {lora} — move it where you want it.")
+            except _SaveFailed as exc:
+                lines.append(f"Saving it to {rescue} failed too ({_why(exc.error)}). Nothing could be saved: free "
+                             "some disk space or choose another output folder, then start again.")
+        if with_state and state is None:
+            try:
+                self._save_state(rescue / f"{self.cfg['output_name']}-state")
+                state = rescue / f"{self.cfg['output_name']}-state"
+                lines.append(f"The training state was saved instead to {state} (resume from there).")
+            except _SaveFailed as exc:
+                lines.append(f"The training state could not be saved in {rescue} either ({_why(exc.error)}).")
+        for line in lines:
+            self.log(line, "warning")
+        return lora, state, "\n".join(lines)
+
+    def _clean_leftovers(self) -> None:
+        """Remove temporary files and state folders that a crashed run left in the output folder."""
+        from core.atomic import clean_leftovers
+
+        if self.accelerator is not None and not self.accelerator.is_main_process:
+            return
+        out = Path(self.cfg["output_dir"])
+        removed = clean_leftovers(out) + clean_leftovers(out / "sample")
+        if removed:
+            self.log(f"Removed {len(removed)} temporary file(s) left by an interrupted run in {out}: "
+                     + ", ".join(p.name for p in removed[:5]) + (" …" if len(removed) > 5 else ""))
 
     def _nan_message(self) -> str:
         return (f"The loss became NaN/inf at step {self.global_step + 1} (epoch {self.epoch + 1}): training diverged. "
@@ -966,6 +1112,41 @@ class Trainer:
 
 class _NanLoss(Exception):
     pass
+
+
+class _SaveFailed(Exception):
+    """Writing a file of the run failed (disk full, no permission, a folder that disappeared)."""
+
+    def __init__(self, path: Path, error: BaseException | None):
+        super().__init__(f"{path}: {error}")
+        self.path = Path(path)
+        self.error = error
+
+    def describe(self) -> str:
+        return f"Could not save {self.path}: {_why(self.error)}."
+
+
+def _why(exc: BaseException | None) -> str:
+    """What a failed write means for the user, and what to do."""
+    if exc is None:
+        return "the main process could not write it"
+    err = getattr(exc, "errno", None)
+    text = str(exc)
+    if err is None:  # safetensors reports OS errors in its message: "... (os error 28)"
+        import re
+
+        m = re.search(r"os error (\d+)", text)
+        err = int(m.group(1)) if m else None
+    detail = getattr(exc, "strerror", None) or text or type(exc).__name__
+    if err == errno.ENOSPC or "No space left" in text:
+        return "the disk is full (no space left on device); free some space or choose another output folder"
+    if err in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"no permission to write there ({detail}); choose a folder you can write to"
+    if err in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST):
+        return f"the folder is gone or is not a folder ({detail}); choose an existing output folder"
+    if err == errno.ENAMETOOLONG:
+        return "the file name is too long for this file system; choose a shorter output name"
+    return f"{type(exc).__name__}: {detail}"
 
 
 def _is_oom(exc: BaseException) -> bool:

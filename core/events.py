@@ -94,7 +94,8 @@ class Saved:
 class Finished:
     status: str             # "finished" | "stopped" | "failed"
     message: str            # user-facing: what happened and, on failure, what to change
-    output: str | None = None   # the final LoRA file, if one was written
+    output: str | None = None   # the LoRA file written: <name>.safetensors only when finished, <name>-step<N>
+    #                             when stopped or failed, a file in the rescue folder when the output folder failed
     step: int = 0
 
 

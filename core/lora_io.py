@@ -418,10 +418,15 @@ class VerifyReport:
     compat: dict[str, tuple[bool, list[str]]]  # client -> (loads correctly, reasons)
     warnings: list[str] = field(default_factory=list)
     hash_ok: bool | None = None
+    broken: list[str] = field(default_factory=list)   # modules whose tensors do not fit together
+    base_model: str | None = None                     # the model the shapes were checked against
+    mismatched: list[str] = field(default_factory=list)  # modules that do not fit the base model's layers
+    not_in_model: list[str] = field(default_factory=list)  # modules the base model has no layer for
 
     @property
     def ok(self) -> bool:
-        return not self.nonfinite and all(ok for ok, _ in self.compat.values())
+        return (not self.nonfinite and not self.broken and not self.mismatched
+                and all(ok for ok, _ in self.compat.values()))
 
 
 def _module_kind(tensors: Mapping[str, Any]) -> str:
@@ -518,9 +523,77 @@ def _metadata_summary(md: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def verify_lora(path: str | os.PathLike) -> VerifyReport:
+def _shape(t) -> str:
+    return "×".join(str(int(x)) for x in t.shape) or "scalar"
+
+
+def module_shape_problem(tensors: Mapping[str, Any]) -> str | None:
+    """Why the tensors of one LoRA/LoCon module cannot work together, or None when they fit:
+    lora_down is rank×in (×kh×kw for a conv), lora_up is out×rank (×1×1), alpha is one number, and with
+    Tucker's lora_mid (rank×rank×kh×kw) lora_down is rank×in×1×1."""
+    down, up = tensors.get("lora_down.weight"), tensors.get("lora_up.weight")
+    mid, alpha = tensors.get("lora_mid.weight"), tensors.get("alpha")
+    if alpha is not None and alpha.numel() != 1:
+        return f"alpha holds {alpha.numel()} values ({_shape(alpha)}); it must be a single number"
+    if down is None and up is None:
+        return None  # LoHa/LoKr/other kinds: not checked here
+    if down is None or up is None:
+        have, lack = ("lora_down", "lora_up") if up is None else ("lora_up", "lora_down")
+        return f"has {have} but no {lack}"
+    if down.ndim not in (2, 4) or up.ndim != down.ndim:
+        return (f"lora_down {_shape(down)} and lora_up {_shape(up)}: both must be 2-D (linear layer) or both 4-D "
+                "(convolution)")
+    rank = int(down.shape[0])
+    if rank == 0:
+        return f"lora_down {_shape(down)} has rank 0"
+    if int(up.shape[1]) != rank:
+        return (f"lora_down {_shape(down)} has rank {rank} but lora_up {_shape(up)} expects rank {int(up.shape[1])} "
+                "(lora_down must be rank×in, lora_up out×rank)")
+    if up.ndim == 4 and tuple(up.shape[2:]) != (1, 1):
+        return f"lora_up {_shape(up)} of a convolution must have a 1×1 kernel"
+    if mid is not None:
+        if mid.ndim != 4 or tuple(mid.shape[:2]) != (rank, rank):
+            return f"lora_mid {_shape(mid)} must be {rank}×{rank}×kh×kw for rank {rank}"
+        if down.ndim != 4 or tuple(down.shape[2:]) != (1, 1):
+            return f"with lora_mid, lora_down {_shape(down)} must have a 1×1 kernel"
+    return None
+
+
+def _base_shape_problem(tensors: Mapping[str, Any], kind: str, shape: tuple[int, ...]) -> str | None:
+    """Why a module does not fit the base model's layer of weight *shape* (out, in[, kh, kw])."""
+    down, up, mid = tensors.get("lora_down.weight"), tensors.get("lora_up.weight"), tensors.get("lora_mid.weight")
+    if down is None or up is None:
+        return None
+    out_f, in_f = shape[0], shape[1]
+    layer = f"the model's layer is {'×'.join(map(str, shape))}"
+    if int(down.shape[1]) != in_f:
+        return f"lora_down {_shape(down)} takes {int(down.shape[1])} inputs, {layer} ({in_f} inputs)"
+    if int(up.shape[0]) != out_f:
+        return f"lora_up {_shape(up)} gives {int(up.shape[0])} outputs, {layer} ({out_f} outputs)"
+    kernel = tuple(shape[2:]) if len(shape) == 4 else ()
+    got = tuple((mid if mid is not None else down).shape[2:]) if down.ndim == 4 else ()
+    if kernel and got and got != kernel:
+        return f"kernel {'×'.join(map(str, got))}, {layer}"
+    if not kernel and got and got != (1, 1):
+        return f"lora_down {_shape(down)} is a convolution, {layer} (a linear layer)"
+    return None
+
+
+def base_model_shapes(model: str | os.PathLike) -> tuple[str, dict[str, tuple[str, tuple[int, ...]]]]:
+    """(family, {kohya module name: (kind, weight shape)}) of a base model, for :func:`verify_lora`."""
+    from core.models import load_base_model
+    from core.network import module_shapes
+
+    base = load_base_model(model)
+    return base.family, module_shapes(base.unet, base.text_encoders, base.family)
+
+
+def verify_lora(path: str | os.PathLike, model: str | os.PathLike | None = None) -> VerifyReport:
     """Inspect a LoRA file like kohya's "Verify LoRA": modules per part, ranks, alphas, conv modules,
-    untrained (all-zero lora_up) and NaN/inf modules, metadata, and which loaders the key format suits."""
+    untrained (all-zero lora_up) and NaN/inf modules, metadata, and which loaders the key format suits.
+
+    The tensors of each module must fit together (a broken file is reported as broken for every loader);
+    with *model* (a base model file or diffusers folder) each module must also fit the model's layer."""
     import torch
 
     path = Path(path)
@@ -564,6 +637,31 @@ def verify_lora(path: str | os.PathLike) -> VerifyReport:
         untrained=[m.name for m in modules if m.untrained], nonfinite=[m.name for m in modules if m.nonfinite],
         compat={},
     )
+    broken_names = set()
+    for name, tensors in groups.items():
+        why = module_shape_problem(tensors)
+        if why:
+            broken_names.add(name)
+            report.broken.append(f"{name}: {why}")
+    if model is not None and fmt != "kohya":
+        report.warnings.append("the shapes were not checked against the model: that is done for kohya-format "
+                               "files only")
+    elif model is not None:
+        fam, shapes = base_model_shapes(model)
+        report.base_model = f"{model} ({fam})"
+        for name, tensors in groups.items():
+            if name in broken_names:
+                continue
+            if name not in shapes:
+                if "lora_down.weight" in tensors or "lora_up.weight" in tensors:
+                    report.not_in_model.append(name)
+                continue
+            why = _base_shape_problem(tensors, *shapes[name])
+            if why:
+                report.mismatched.append(f"{name}: {why}")
+        if report.not_in_model:
+            report.warnings.append(f"{len(report.not_in_model)} module(s) name no layer of {model}; loaders ignore "
+                                   f"them (e.g. {report.not_in_model[0]})")
     if "sshs_model_hash" in md:
         report.hash_ok = tensor_data_hash(path) == md["sshs_model_hash"]
         if not report.hash_ok:
@@ -719,6 +817,12 @@ def _judge_compat(r: VerifyReport, sd: Mapping[str, Any], groups: Mapping[str, M
                              "metadata cannot be specified'")
     if r.nonfinite:
         fail(CLIENTS, f"{len(r.nonfinite)} module(s) contain NaN/inf: images will be black or noise")
+    if r.broken:
+        fail(CLIENTS, f"{len(r.broken)} module(s) have tensors whose shapes do not fit together (first: "
+                      f"{r.broken[0]}): the file is damaged and cannot be applied")
+    if r.mismatched:
+        fail(CLIENTS, f"{len(r.mismatched)} module(s) do not fit the layers of {r.base_model} (first: "
+                      f"{r.mismatched[0]}): the LoRA was made for another model")
     if r.untrained:
         r.warnings.append(f"{len(r.untrained)} module(s) are untrained (lora_up all zero): they do nothing")
     r.compat = {c: (not problems[c], problems[c] + [f"note: {n}" for n in notes[c]]) for c in CLIENTS}
@@ -747,6 +851,19 @@ def format_verify_report(report: VerifyReport) -> str:
     if r.nonfinite:
         lines.append(f"NaN/inf in {len(r.nonfinite)} module(s):")
         lines.extend(f"  {n}" for n in r.nonfinite[:20])
+    if r.broken:
+        lines.append(f"BROKEN: {len(r.broken)} module(s) whose tensor shapes do not fit together:")
+        lines.extend(f"  {b}" for b in r.broken[:20])
+        if len(r.broken) > 20:
+            lines.append(f"  … and {len(r.broken) - 20} more")
+    if r.base_model is not None:
+        if r.mismatched:
+            lines.append(f"Against {r.base_model}: {len(r.mismatched)} module(s) do not fit the model's layers:")
+            lines.extend(f"  {m}" for m in r.mismatched[:20])
+            if len(r.mismatched) > 20:
+                lines.append(f"  … and {len(r.mismatched) - 20} more")
+        else:
+            lines.append(f"Against {r.base_model}: every module fits the model's layers")
     if r.untrained:
         lines.append(f"Untrained (all-zero lora_up) modules: {len(r.untrained)}")
         lines.extend(f"  {n}" for n in r.untrained[:20])

@@ -648,6 +648,27 @@ def _collect_targets(unet, text_encoders, family: str, spec: NetworkSpec,
     return chosen
 
 
+class _AnyModule(dict):
+    """A ``from_weights`` stand-in that selects every module (see :func:`module_shapes`)."""
+
+    def __contains__(self, key) -> bool:
+        return True
+
+    def __getitem__(self, key):
+        return (1, 1.0)
+
+
+def module_shapes(unet, text_encoders, family: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every layer a kohya LoRA/LoCon file can adapt in this model: ``{kohya name: (kind, weight shape)}``
+    (aliases included: diffusers names of SDXL, ``lora_te1_`` for an SD1/SD2 text encoder)."""
+    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for t in _collect_targets(unet, text_encoders or [], _family(family), NetworkSpec(), from_weights=_AnyModule()):
+        shape = tuple(int(x) for x in t.root.get_submodule(t.path).weight.shape)
+        for name in (t.name,) + t.aliases:
+            out.setdefault(name, (t.kind, shape))
+    return out
+
+
 def _patterns(values: dict[str, Any]) -> dict[str, Any]:
     r"""peft rank/alpha patterns: one regex per distinct value, an alternation of the escaped full paths.
 

@@ -34,6 +34,26 @@ def user_cache_dir() -> Path:
     return Path(base) / APP.lower()
 
 
+def user_data_dir() -> Path:
+    """%LOCALAPPDATA%\\Patina on Windows, $XDG_DATA_HOME/patina (~/.local/share/patina) elsewhere.
+
+    Holds what the app keeps for the user, such as LoRAs it could not save where asked.
+    ``PATINA_DATA_DIR`` overrides both (tests, portable installs)."""
+    override = os.environ.get("PATINA_DATA_DIR")
+    if override:
+        return Path(override)
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / APP
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / APP.lower()
+
+
+def rescue_dir() -> Path:
+    """Where a LoRA (and its training state) goes when it cannot be saved in the output folder."""
+    return user_data_dir() / "rescued"
+
+
 def user_presets_dir() -> Path:
     return user_config_dir() / "presets"
 

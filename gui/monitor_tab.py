@@ -716,8 +716,10 @@ class MonitorTab(QWidget):
         if target is not None and target.exists():
             answer = QMessageBox.question(
                 self.window(), "Overwrite the LoRA file?",
-                f"{target}\nalready exists. Training will replace it when it finishes (and per-epoch files with "
-                "the same name).\n\nOverwrite it? Choose No to change the output name first.",
+                f"{target}\nalready exists. Training will replace it only when the run finishes (and per-epoch "
+                "files with the same name). If you stop the run, or it fails, this file is left as it is and what "
+                f"was trained is saved as {target.stem}-step<N>.safetensors.\n\nReplace it when the run finishes? "
+                "Choose No to change the output name first.",
                 QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
             if answer != QMessageBox.StandardButton.Yes:
                 self._set_state("idle")
@@ -838,12 +840,18 @@ class MonitorTab(QWidget):
             text = f"<b>Training stopped at step {fin.step}.</b> " + html.escape(fin.message or "")
             if fin.output and fin.output not in (fin.message or ""):
                 text += f"<br>Saved {html.escape(fin.output)}"
-            self.banner.show_message("info", text)
+            out = fin.output or ""
+            action = (lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(Path(out).parent)))) if out else None
+            self.banner.show_message("info", text, "Open folder" if out else "", action)
             self.status_label.setText("Stopped.")
         else:
+            out = fin.output or ""
+            action = (lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(Path(out).parent)))) if out else None
             self.banner.show_message("error", "<b>Training failed.</b><br>"
-                                     + html.escape(fin.message or "No message.").replace("\n", "<br>"))
-            self.status_label.setText("Failed. Change the settings and start again.")
+                                     + html.escape(fin.message or "No message.").replace("\n", "<br>"),
+                                     "Open folder" if out else "", action)
+            self.status_label.setText(f"Failed; what was trained is in {out}." if out
+                                      else "Failed. Change the settings and start again.")
         self._log(f"Run {fin.status}: {fin.message}", "warning" if fin.status == "failed" else "status")
         self.finished.emit(fin)
 

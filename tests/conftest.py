@@ -18,3 +18,4 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.mktemp("userdirs")
     monkeypatch.setenv("PATINA_CONFIG_DIR", str(base / "config"))
     monkeypatch.setenv("PATINA_CACHE_DIR", str(base / "cache"))
+    monkeypatch.setenv("PATINA_DATA_DIR", str(base / "data"))

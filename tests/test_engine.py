@@ -164,7 +164,9 @@ def test_stop_saves_a_valid_file_and_resume_reproduces_the_losses(sd1_dir, data,
     cfg_b = dict(cfg, output_dir=str(tmp_path / "b"))
     fin = train(cfg_b, first, commands)
     assert fin.status == "stopped" and fin.step == 5
-    assert verify_lora(tmp_path / "b" / "tiny.safetensors").ok
+    assert fin.output == str(tmp_path / "b" / "tiny-step00000005.safetensors") and fin.output in fin.message
+    assert verify_lora(fin.output).ok
+    assert not (tmp_path / "b" / "tiny.safetensors").exists()  # only a finished run writes <name>.safetensors
     state = tmp_path / "b" / "tiny-state"
     assert (state / "train_state.json").exists()
 

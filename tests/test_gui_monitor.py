@@ -249,7 +249,10 @@ def test_existing_output_needs_confirmation(qtbot, make_monitor, tmp_path, no_bl
     m = make_monitor(engine)
     m.start()  # the default answer is No
     qtbot.waitUntil(lambda: no_blocking_dialogs["asked"] != [] and m.state == "idle", timeout=5000)
-    assert "Overwrite" in no_blocking_dialogs["asked"][0][0] and engine.calls == 0
+    title, text = no_blocking_dialogs["asked"][0]
+    assert "Overwrite" in title and engine.calls == 0
+    # the prompt tells what the engine does: replaced only by a finished run, a stopped run saves dog-step<N>
+    assert "only when the run finishes" in text and "dog-step<N>.safetensors" in text
     no_blocking_dialogs["answers"].append(SB.Yes)
     with qtbot.waitSignal(m.finished, timeout=10000):
         m.start()
@@ -339,7 +342,9 @@ def test_real_engine_stop_from_the_window_gives_a_valid_lora(qtbot, tmp_path, mo
         assert w.monitor.state == "stopping" and "Stopping" in w.monitor.start_button.text()
     assert fin.args[0].status == "stopped", fin.args[0].message
     assert fin.args[0].step < w.monitor.last_plan.total_steps
-    assert verify_lora(tmp_path / "out" / "tiny.safetensors").ok
+    assert fin.args[0].output == str(tmp_path / "out" / f"tiny-step{fin.args[0].step:08d}.safetensors")
+    assert verify_lora(fin.args[0].output).ok
+    assert not (tmp_path / "out" / "tiny.safetensors").exists()
     assert w.monitor.state == "idle" and w.training.start_button.isEnabled()
 
 

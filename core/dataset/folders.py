@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.dataset.captions import caption_for_image, normalize_extension
+from core.dataset.captions import caption_for_image, caption_path, normalize_extension
 from core.dataset.images import ImageCheck, is_image_name, probe_image
 from core.errors import PatinaError
 
@@ -29,6 +29,10 @@ CONCEPT_FOLDER_RE = re.compile(r"^(\d+)_(.*)$", re.DOTALL)
 # With regularisation images every training sample is paired with one reg sample, which doubles the
 # steps per epoch (kohya's "reg_factor").
 REG_FACTOR = 2
+
+# Caption file extensions other tools write; a dataset captioned with one of them while
+# caption_extension names another is reported.
+CAPTION_EXTENSIONS = (".txt", ".caption", ".tags", ".cap")
 
 
 @dataclass
@@ -84,6 +88,8 @@ class DatasetScan:
     folder_problems: list[str] = field(default_factory=list)
     too_small: list[ImageEntry] = field(default_factory=list)
     min_size: int = 256
+    captioned: int = 0      # training images (of folders with repeats) that have a caption file
+    other_captions: dict = field(default_factory=dict)  # {".txt": n}: images with a caption under another extension
 
     @property
     def train_subsets(self) -> list[Subset]:
@@ -99,16 +105,17 @@ class DatasetScan:
 
     @property
     def total_images(self) -> int:
-        """Usable images in all folders, training and regularisation."""
-        return sum(s.num_images for s in self.subsets)
+        """Usable images in all folders with repeats, training and regularisation."""
+        return sum(s.num_images for s in self.subsets if s.repeats > 0)
 
     @property
     def train_images(self) -> int:
-        return sum(s.num_images for s in self.train_subsets)
+        """Training images that are trained: a folder with 0 repeats is never used, so it is not counted."""
+        return sum(s.num_images for s in self.train_subsets if s.repeats > 0)
 
     @property
     def reg_images(self) -> int:
-        return sum(s.num_images for s in self.reg_subsets)
+        return sum(s.num_images for s in self.reg_subsets if s.repeats > 0)
 
     @property
     def samples_per_epoch(self) -> int:
@@ -292,11 +299,11 @@ def scan_dataset(train_data_dir: str | os.PathLike, reg_data_dir: str | os.PathL
                     f"{prefix}`{path.name}` has no name after the repeat count; images without a caption "
                     f"file get an empty caption")
             scan.subsets.append(subset)
-            pending.append((subset, images))
+            pending.append((subset, images, {f.name for f in files}))
 
-    all_paths = [p for _, images in pending for p in images]
+    all_paths = [p for _, images, _ in pending for p in images]
     checks = _probe_all(all_paths, progress)
-    for subset, images in pending:
+    for subset, images, names in pending:
         for path in images:
             check = checks[path]
             if not check.ok:
@@ -308,11 +315,25 @@ def scan_dataset(train_data_dir: str | os.PathLike, reg_data_dir: str | os.PathL
             subset.images.append(entry)
             if entry.width < scan.min_size or entry.height < scan.min_size:
                 scan.too_small.append(entry)
+            if subset.is_reg or subset.repeats <= 0:
+                continue
+            if caption_path(path, ext).name in names:
+                scan.captioned += 1
+            else:
+                other = next((e for e in CAPTION_EXTENSIONS if e != ext and path.stem + e in names), None)
+                if other:
+                    scan.other_captions[other] = scan.other_captions.get(other, 0) + 1
+    if scan.train_images and not scan.captioned and scan.other_captions:
+        other, n = max(scan.other_captions.items(), key=lambda kv: kv[1])
+        scan.folder_problems.append(
+            f"no training image has a `{ext}` caption file, but {n} have a `{other}` file: set the caption "
+            f"extension (caption_extension) to {other}, or every image is captioned with its folder name")
 
     if not scan.trainable:
         if layouts[0][0].fatal:
             message = layouts[0][0].fatal
-        elif scan.train_images and not any(s.repeats for s in scan.train_subsets if s.images):
+        elif any(s.images for s in scan.train_subsets) and not any(s.repeats for s in scan.train_subsets
+                                                                    if s.images):
             message = f"Nothing to train in {root}: every folder with images has 0 repeats"
         elif scan.skipped and not scan.train_images:
             message = f"Nothing to train in {root}: no image could be read"

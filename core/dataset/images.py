@@ -82,6 +82,9 @@ def probe_image(path: str | os.PathLike) -> ImageCheck:
             if fmt == "JPEG":
                 im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))
             im.load()
+    except PermissionError:
+        return ImageCheck(p, False, "permission denied: Patina may not read this file; check its permissions "
+                                    "(or its owner)")
     except Image.UnidentifiedImageError:
         return ImageCheck(p, False, "not an image (content is not PNG/JPEG/WebP/BMP)")
     except Image.DecompressionBombError as exc:

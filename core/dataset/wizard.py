@@ -23,8 +23,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.atomic import new_dir_mode, new_file_mode
 from core.dataset.folders import parse_concept_folder
-from core.dataset.images import is_image_name
+from core.dataset.images import is_image_name, probe_image
 from core.errors import PatinaError
 
 # Sidecars that are caches, not user data: rebuilt by training, not worth copying.
@@ -45,6 +46,7 @@ class PreparedFolders:
     sidecars_copied: int = 0      # caption (and other same-name) files copied, training and reg
     backups: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # unreadable images, not copied
 
 
 def prepare_folders(instance_prompt: str, class_prompt: str, images_dir: str | os.PathLike, repeats: int,
@@ -96,7 +98,10 @@ def prepare_folders(instance_prompt: str, class_prompt: str, images_dir: str | o
     result = PreparedFolders(img_dir, reg_dir, log_dir, model_dir, copied=0, concept_dir=concept,
                              reg_concept_dir=reg_concept, notes=early_notes)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for source, target, (images, sidecars, nested) in plan:
+    for source, target, (images, sidecars, nested, skipped) in plan:
+        result.skipped.extend(skipped)
+        for path, reason in skipped:
+            result.notes.append(f"{path} was not copied: {reason}")
         if nested:
             result.notes.append(f"{nested} image(s) in subfolders of {source} were not copied "
                                 "(only the images directly inside it are)")
@@ -171,8 +176,10 @@ def _check_pair(src: Path, dest: Path, label: str) -> None:
                           "folders. Keep the source images outside the destination folder.")
 
 
-def _collect(src: Path, label: str) -> tuple[list[Path], list[Path], int]:
-    """(images, sidecar files, images in subfolders) of *src*, hidden files left out."""
+def _collect(src: Path, label: str) -> tuple[list[Path], list[Path], int, list[tuple[Path, str]]]:
+    """(images, sidecar files, images in subfolders, unreadable images with the reason) of *src*, hidden
+    files left out. Images that cannot be decoded (truncated, empty, not an image) and their caption files
+    are not copied."""
     images: list[Path] = []
     others: list[Path] = []
     nested = 0
@@ -185,9 +192,15 @@ def _collect(src: Path, label: str) -> tuple[list[Path], list[Path], int]:
             (images if is_image_name(e.name) else others).append(Path(e.path))
     if not images:
         raise PatinaError(f"The {label} has no images (PNG, JPEG, WebP or BMP): {src}")
+    checks = [probe_image(p) for p in images]
+    skipped = [(c.path, c.reason) for c in checks if not c.ok]
+    images = [c.path for c in checks if c.ok]
+    if not images:
+        raise PatinaError(f"No image in the {label} {src} can be read, so nothing was copied:",
+                          problems=[f"{p.name}: {why}" for p, why in skipped[:20]])
     stems = {p.stem for p in images}
     sidecars = [p for p in others if _belongs(p.name, stems) and not p.name.lower().endswith(_SKIPPED_SIDECARS)]
-    return images, sidecars, nested
+    return images, sidecars, nested, skipped
 
 
 def _belongs(name: str, stems: set[str]) -> bool:
@@ -210,8 +223,13 @@ def _copy_swap(source: Path, target: Path, files: list[Path], backup_parent: Pat
         raise PatinaError(f"{target} is a link to another folder; remove the link and try again")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.patina-new-", dir=target.parent))
     try:
+        # mkdtemp makes a private (0700) folder; the training folder is an ordinary one (umask), and so
+        # are the copies, whatever the source's permissions
+        os.chmod(tmp, new_dir_mode())
+        file_mode = new_file_mode()
         for f in files:
             shutil.copy2(f, tmp / f.name)
+            os.chmod(tmp / f.name, file_mode)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise PatinaError(f"Copying from {source} failed: {exc}. Nothing was changed in {target.parent}.") from None
