@@ -62,3 +62,16 @@ def resources_dir() -> Path:
     """The ``resources/`` folder shipped next to the packages."""
     here = Path(__file__).resolve().parent.parent / "resources"
     return here
+
+
+def user_state_dir() -> Path:
+    """Logs and other state worth keeping between runs: %LOCALAPPDATA%\\Patina on Windows,
+    $XDG_STATE_HOME/patina (~/.local/state/patina) elsewhere. ``PATINA_STATE_DIR`` overrides both."""
+    override = os.environ.get("PATINA_STATE_DIR")
+    if override:
+        return Path(override)
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / APP
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / APP.lower()

@@ -3,28 +3,139 @@
 With a subcommand it runs the headless CLI (``core.cli``); with no arguments, or with
 ``--screenshot``, it opens the window. Qt is imported only when the window is wanted, so
 ``patina train`` works on a machine without a display.
+
+Before Qt is imported, :mod:`gui.qt_preflight` checks that a window can open (a display, the platform
+plugin's system libraries): Qt itself would abort the process with one unhelpful line. When the window
+cannot start, the reason goes to the terminal, to a log file in the user's state folder
+(``~/.local/state/patina/launcher.log``, ``%LOCALAPPDATA%\\Patina\\launcher.log``) and, when Patina was
+started from a menu or shortcut (no terminal), to a desktop notification or a message box.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
+import time
+import traceback
+
+LOG_NAME = "launcher.log"
+LOG_KEEP_BYTES = 256 * 1024
 
 
 def _wants_gui(argv: list[str]) -> bool:
     return not argv or argv[0].startswith("--screenshot") or argv[0] in ("--tab", "--size", "--gui")
 
 
+def log_path():
+    from core.paths import user_state_dir
+
+    return user_state_dir() / LOG_NAME
+
+
+def write_log(text: str) -> str | None:
+    """Append *text* (with a time stamp) to the launcher log, keeping its newest part; the file is
+    replaced atomically. Returns the log's path, or None when it could not be written."""
+    from core.atomic import atomic_write_text
+
+    path = log_path()
+    try:
+        old = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    except OSError:
+        old = ""
+    entry = (f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}  patina {' '.join(sys.argv[1:])}\n"
+             f"Python {sys.version.split()[0]} at {sys.executable}\n{text.rstrip()}\n")
+    keep = old[-LOG_KEEP_BYTES:]
+    try:
+        atomic_write_text(path, keep + entry)
+    except OSError:
+        return None
+    return str(path)
+
+
+def _interactive() -> bool:
+    stream = sys.stderr
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def notify(title: str, body: str) -> bool:
+    """Show *body* outside a terminal: a message box on Windows, a desktop notification on Linux
+    (notify-send, zenity, kdialog or xmessage, the first one found). True when one was shown."""
+    if sys.platform == "win32":
+        try:
+            import ctypes
+
+            ctypes.windll.user32.MessageBoxW(None, body, title, 0x10)  # MB_ICONERROR
+            return True
+        except Exception:  # noqa: BLE001 - nothing else can be shown
+            return False
+    has_display = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    for cmd in (["notify-send", "--urgency=critical", "--app-name=Patina", title, body],
+                ["zenity", "--error", f"--title={title}", f"--text={body}"],
+                ["kdialog", "--title", title, "--error", body],
+                ["xmessage", "-center", f"{title}\n\n{body}"]):
+        exe = shutil.which(cmd[0])
+        if not exe or (cmd[0] != "notify-send" and not has_display):
+            continue
+        try:
+            proc = subprocess.Popen([exe] + cmd[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+            rc = proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return True  # a dialog is up, waiting for the user; it outlives this process
+        except OSError:
+            continue
+        if rc == 0:
+            return True
+    return False
+
+
+def report_startup_failure(summary: str, text: str) -> None:
+    """Say why the window could not start: terminal, log file, and a notification when there is no
+    terminal to read it in."""
+    logged = write_log(text)
+    where = f"Details: {logged}" if logged else ""
+    if sys.stderr is not None:
+        print(text + (f"\n({where})" if where else ""), file=sys.stderr)
+    if not _interactive():
+        body = text if len(text) < 900 else text[:900] + "…"
+        notify("Patina could not start", body + (f"\n\n{where}" if where else ""))
+
+
+def _start_gui(argv: list[str]) -> int:
+    from gui.qt_preflight import check
+
+    problem = check(screenshot=any(a.startswith("--screenshot") for a in argv))
+    if problem is not None:
+        report_startup_failure(problem.summary, problem.text())
+        return 1
+    try:
+        from gui.app import run_app  # noqa: WPS433 (lazy on purpose)
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("gui.app",):
+            report_startup_failure("patina: the window could not start.",
+                                   f"patina: the window could not start: {exc}.\nRun the installer again to "
+                                   f"repair the environment.\n\n{traceback.format_exc()}")
+            return 1
+        from core.cli import main as cli_main
+        return cli_main(argv)
+    try:
+        return run_app(argv)
+    except Exception as exc:  # noqa: BLE001 - anything that stops the window from starting is reported
+        report_startup_failure("patina: the window could not start.",
+                               f"patina: the window could not start: {type(exc).__name__}: {exc}\n\n"
+                               f"{traceback.format_exc()}")
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _wants_gui(argv):
-        try:
-            from gui.app import run_app  # noqa: WPS433 (lazy on purpose)
-        except ModuleNotFoundError as exc:
-            if exc.name not in ("gui.app",):
-                raise
-            from core.cli import main as cli_main
-            return cli_main(argv)
-        return run_app(argv)
+        return _start_gui(argv)
     from core.cli import main as cli_main
     return cli_main(argv)
 
