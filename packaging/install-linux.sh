@@ -184,6 +184,8 @@ if [ "$NEED_VENV" = "1" ]; then
     [ "$DRY_RUN" = "1" ] || [ -x "$VPY" ] || fail_step "creating the environment" "\"$VPY\" was not created." 1
 fi
 
+SPACE_HINT="PyTorch's CPU build needs about 1 GB of free space."
+[ "$BUILD" = "cpu" ] || SPACE_HINT="PyTorch's CUDA build needs about 5 GB of free space."
 NET_HINT="Check the internet connection (pip downloads from https://pypi.org and ${TORCH_INDEX%/whl/*}) and the free disk space; pip's message above names the package that failed."
 step "updating pip" "$NET_HINT" "$VPY" -m pip install --upgrade pip "${PIP_EXTRA[@]}"
 
@@ -196,12 +198,12 @@ INSTALLED_BUILD=""
 case "$INSTALLED_TORCH" in *+*) INSTALLED_BUILD="${INSTALLED_TORCH##*+}" ;; esac
 if [ -z "$INSTALLED_TORCH" ]; then
     say "PyTorch:     installing from $TORCH_INDEX"
-    step "installing PyTorch" "$NET_HINT The CUDA build needs about 5 GB of free space." \
+    step "installing PyTorch" "$NET_HINT $SPACE_HINT" \
         "$VPY" -m pip install torch --index-url "$TORCH_INDEX" "${PIP_EXTRA[@]}"
 elif [ -n "$BUILD" ] && [ "$INSTALLED_BUILD" != "$BUILD" ]; then
     say "PyTorch:     switching from $INSTALLED_TORCH to the $BUILD build"
     step "removing the old PyTorch build" "Run the installer again." "$VPY" -m pip uninstall -y torch
-    step "installing PyTorch" "$NET_HINT The CUDA build needs about 5 GB of free space." \
+    step "installing PyTorch" "$NET_HINT $SPACE_HINT" \
         "$VPY" -m pip install torch --index-url "$TORCH_INDEX" "${PIP_EXTRA[@]}"
 elif [ "${PATINA_UPGRADE_TORCH:-0}" = "1" ]; then
     say "PyTorch:     upgrading $INSTALLED_TORCH from $TORCH_INDEX"

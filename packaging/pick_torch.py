@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Which PyTorch build fits this machine: the CUDA build for the NVIDIA card and driver, the CPU build
-without one, or a clear refusal. Both installers run it (standard library only, any Python 3.6+).
+without one, or a clear refusal. Both installers run it (standard library only, any Python 3.7+).
 
     python3 pick_torch.py [--platform linux|windows] [--gpu-name NAME ...]
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -43,19 +44,21 @@ BUILD_NOTES = {
     "cu128": "the CUDA 12.8 build (published up to torch 2.11; update the driver to 580+ for newer torch)",
 }
 VENDORS = {"0x10de": "NVIDIA", "0x1002": "AMD", "0x8086": "Intel"}
-FAMILIES = {5: "Maxwell", 6: "Pascal", 7: "Volta/Turing", 8: "Ampere/Ada", 9: "Hopper", 10: "Blackwell",
-            12: "Blackwell"}
+FAMILIES = {(5, 0): "Maxwell", (6, 0): "Pascal", (7, 0): "Volta", (7, 5): "Turing", (8, 0): "Ampere",
+            (8, 9): "Ada Lovelace", (9, 0): "Hopper", (10, 0): "Blackwell", (12, 0): "Blackwell"}
 DRIVER_URL = "https://www.nvidia.com/Download/index.aspx"
 REFUSED = 3
 
 
 class Gpu:
-    def __init__(self, name: str, cc: tuple[int, int] | None, driver: tuple[int, ...] | None):
-        self.name, self.cc, self.driver = name, cc, driver
+    def __init__(self, name: str, cc: tuple[int, int] | None, driver_text: str):
+        self.name, self.cc = name, cc
+        self.driver_text = driver_text.strip()
+        self.driver = _version(self.driver_text)
 
     def describe(self) -> str:
         cc = f"compute capability {self.cc[0]}.{self.cc[1]}" if self.cc else "compute capability unknown"
-        drv = f"driver {'.'.join(map(str, self.driver))}" if self.driver else "driver version unknown"
+        drv = f"driver {self.driver_text}" if self.driver else "driver version unknown"
         return f"{self.name} ({cc}, {drv})"
 
 
@@ -74,7 +77,7 @@ def parse_nvidia_smi(text: str) -> list[Gpu]:
         if len(parts) != 3 or not parts[0]:
             continue
         cc = _version(parts[1])
-        gpus.append(Gpu(parts[0], (cc[0], cc[1]) if cc and len(cc) >= 2 else None, _version(parts[2])))
+        gpus.append(Gpu(parts[0], (cc[0], cc[1]) if cc and len(cc) >= 2 else None, parts[2]))
     return gpus
 
 
@@ -98,7 +101,7 @@ def query_nvidia_smi() -> tuple[list[Gpu], str]:
         old = None
     if old is not None and old.returncode == 0:
         rows = [ln.rsplit(",", 1) for ln in old.stdout.splitlines() if "," in ln]
-        return [Gpu(n.strip(), None, _version(d)) for n, d in rows], ""
+        return [Gpu(n.strip(), None, d) for n, d in rows], ""
     msg = (out.stderr or out.stdout).strip().splitlines()
     return [], f"nvidia-smi failed: {msg[0] if msg else 'exit code %d' % out.returncode}"
 
@@ -127,6 +130,9 @@ def driver_ok(build, driver: tuple[int, ...] | None) -> bool:
 
 
 def _fmt(v) -> str:
+    """(580, 0) -> "580", (525, 60) -> "525.60", (8, 9) -> "8.9" (compute capabilities keep their ".0")."""
+    if len(v) == 2 and v[0] >= 100 and v[1] == 0:
+        return str(v[0])
     return ".".join(str(p) for p in v)
 
 
@@ -155,7 +161,7 @@ def choose(gpus: list[Gpu], other_vendors: list[str], platform: str) -> tuple[in
                                           override])
     if first.cc is None:
         # Only drivers older than 510 lack compute_cap; every build needs 525 or newer.
-        return (REFUSED, "", "", lines + [f"NVIDIA driver {_fmt(first.driver)} is too old for any current "
+        return (REFUSED, "", "", lines + [f"NVIDIA driver {first.driver_text} is too old for any current "
                                           "PyTorch build (525 or newer is needed; 580 or newer for the newest "
                                           f"builds). Update the driver ({DRIVER_URL}), then run this again.",
                                           override])
@@ -171,16 +177,16 @@ def choose(gpus: list[Gpu], other_vendors: list[str], platform: str) -> tuple[in
         need = min(b[3] for b in fits_card)
         best = fits_card[0]
         return (REFUSED, "", "", lines + [
-            f"NVIDIA driver {_fmt(first.driver)} is too old: the PyTorch build for this card ({best[0]}, CUDA "
+            f"NVIDIA driver {first.driver_text} is too old: the PyTorch build for this card ({best[0]}, CUDA "
             f"{best[1]}) needs driver {_fmt(best[3])} or newer"
             + (f" (at least {_fmt(need)} for an older build)" if need != best[3] else "")
             + f". Update the NVIDIA driver ({DRIVER_URL}), then run this again.", override])
     # Prefer a build that runs on every card; the first card is the one training uses by default.
     all_cards = [b for b in fits if all(runs_on(b, g.cc) for g in usable)]
     build = (all_cards or fits)[0]
-    arch = FAMILIES.get(first.cc[0], "")
+    arch = ([v for k, v in sorted(FAMILIES.items()) if k[0] == first.cc[0] and k[1] <= first.cc[1]] or [""])[-1]
     why = (f"PyTorch: {build[0]} (CUDA {build[1]}), which has kernels for compute capability {_fmt(first.cc)}"
-           + (f" ({arch})" if arch else "") + f" and runs with driver {_fmt(first.driver)}")
+           + (f" ({arch})" if arch else "") + f" and runs with driver {first.driver_text}")
     note = BUILD_NOTES.get(build[0])
     if build is not BUILDS[0]:
         newest = BUILDS[0]
@@ -209,11 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     gpus, note = query_nvidia_smi()
     vendors = linux_display_vendors() if args.platform == "linux" else []
     for name in args.gpu_name:
-        low = name.lower()
-        for key, vendor in (("amd", "AMD"), ("radeon", "AMD"), ("intel", "Intel"), ("arc", "Intel")):
-            if key in low.split() or low.startswith(key):
-                if vendor not in vendors:
-                    vendors.append(vendor)
+        for pattern, vendor in ((r"\b(amd|ati|radeon)\b", "AMD"), (r"\bintel\b", "Intel"), (r"\bnvidia\b", "NVIDIA")):
+            if re.search(pattern, name, re.IGNORECASE) and vendor not in vendors:
+                vendors.append(vendor)
     status, url, build, lines = choose(gpus, vendors, args.platform)
     if note and not gpus and "NVIDIA" in vendors:
         lines.insert(0, f"GPU:     an NVIDIA card is present but {note}; install the NVIDIA driver "
