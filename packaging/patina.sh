@@ -2,13 +2,18 @@
 # Start Patina from the virtual environment made by packaging/install-linux.sh.
 # Arguments are passed on: no arguments opens the window; "patina.sh train config.json" trains headless.
 #
-# Started from the applications menu there is no terminal: Patina's own start-up checks then show a
-# notification, and if the process still dies (a crash inside Qt), this script shows one with the last
-# lines of its output, which it keeps in ~/.local/state/patina/patina-output.log.
+# The menu entry runs "patina.sh --menu": there is no terminal then, so Patina's output goes to
+# ~/.local/state/patina/patina-output.log, and when the process dies on a signal (a crash inside Qt)
+# this script shows a notification with its last lines. (Patina's own start-up checks show theirs.)
 set -u
 SELF="$(readlink -f -- "${BASH_SOURCE[0]}")"
 APP_DIR="$(cd -- "$(dirname -- "$SELF")/.." && pwd -P)"
 PY="${PATINA_VENV:-$APP_DIR/.venv}/bin/python"
+FROM_MENU=0
+if [ "${1:-}" = "--menu" ]; then
+    FROM_MENU=1
+    shift
+fi
 STATE_DIR="${PATINA_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/patina}"
 
 notify() {
@@ -26,13 +31,13 @@ notify() {
 if [ ! -x "$PY" ]; then
     msg="Patina is not installed yet. Run \"$APP_DIR/packaging/install-linux.sh\" first."
     printf '%s\n' "$msg" >&2
-    if [ ! -t 2 ]; then
+    if [ "$FROM_MENU" = "1" ] || [ ! -t 2 ]; then
         notify "Patina" "$msg" || true
     fi
     exit 1
 fi
 export PYTHONPATH="$APP_DIR${PYTHONPATH:+:$PYTHONPATH}"
-if [ -t 2 ] || ! mkdir -p -- "$STATE_DIR" 2>/dev/null; then
+if [ "$FROM_MENU" = "0" ] || ! mkdir -p -- "$STATE_DIR" 2>/dev/null; then
     exec "$PY" -m gui.launcher "$@"
 fi
 LOG="$STATE_DIR/patina-output.log"

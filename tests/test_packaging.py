@@ -1,6 +1,7 @@
 """Installers and launchers (packaging/): path handling with spaces and non-ASCII characters, GPU → CUDA
-wheel index, and a clear refusal of an unsupported Python. Nothing is downloaded: the Linux installer runs
-in dry-run mode."""
+wheel index, a clear refusal of an unsupported Python, and the Linux installer end to end (install, update,
+a failed pip step, uninstall) in a scratch home. Nothing is downloaded: the end-to-end runs reuse the
+packages of the Python running the tests and give pip --no-index."""
 
 import os
 import shlex
@@ -65,20 +66,34 @@ def fake_tool(folder: Path, name: str, script: str) -> None:
     p.chmod(p.stat().st_mode | stat.S_IEXEC)
 
 
-def run_installer(app: Path, tmp_path: Path, *, gpu: bool, extra_env=None):
+RTX_4070 = "NVIDIA GeForce RTX 4070, 8.9, 580.95.05"
+
+
+def run_installer(app: Path, tmp_path: Path, *, gpu, extra_env=None, dry_run=True, script="install-linux.sh",
+                  args=(), timeout=120):
+    """Run a Linux packaging script with a fake nvidia-smi (*gpu*: True for an RTX 4070, a CSV row for
+    another card, False for none), a scratch HOME and no lspci."""
     tools = tmp_path / "tools"
     shutil.rmtree(tools, ignore_errors=True)
     tools.mkdir()
     if gpu:
-        fake_tool(tools, "nvidia-smi", 'echo "GPU 0: NVIDIA GeForce RTX 4070 (UUID: GPU-1234)"')
+        row = RTX_4070 if gpu is True else gpu
+        fake_tool(tools, "nvidia-smi", f'echo "{row}"')
+    fake_tool(tools, "lspci", "exit 0")
     path = [str(tools)] + [d for d in os.environ.get("PATH", "").split(os.pathsep)
                            if d and not (Path(d) / "nvidia-smi").exists()]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PATINA_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PATINA_", "PIP_", "XDG_"))}
     env.update(PATH=os.pathsep.join(path), HOME=str(tmp_path / "home"), XDG_DATA_HOME=str(tmp_path / "data dir é"),
-               PATINA_DRY_RUN="1", PATINA_PYTHON=sys.executable)
+               PATINA_PYTHON=sys.executable, PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    if dry_run:
+        env["PATINA_DRY_RUN"] = "1"
     env.update(extra_env or {})
-    return subprocess.run(["bash", str(app / "packaging" / "install-linux.sh")], env=env, capture_output=True,
-                          text=True, timeout=60, cwd=str(tmp_path))
+    return subprocess.run(["bash", str(app / "packaging" / script), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=str(tmp_path))
+
+
+def would_run(out: str) -> list[list[str]]:
+    return [shlex.split(ln[len("would run:"):]) for ln in out.splitlines() if ln.startswith("would run:")]
 
 
 def test_linux_installer_dry_run_in_a_path_with_spaces_and_accents(tmp_path):
@@ -86,15 +101,16 @@ def test_linux_installer_dry_run_in_a_path_with_spaces_and_accents(tmp_path):
     r = run_installer(app, tmp_path, gpu=True)
     assert r.returncode == 0, r.stderr + r.stdout
     out = r.stdout
-    lines = [ln for ln in out.splitlines() if ln.startswith("would run:")]
-    assert len(lines) == 4
-    cmds = [shlex.split(ln[len("would run:"):]) for ln in lines]
+    cmds = would_run(out)
+    assert len(cmds) == 4
     venv = str(app / ".venv")
     assert cmds[0] == [sys.executable, "-m", "venv", venv]
-    assert cmds[2] == [f"{venv}/bin/python", "-m", "pip", "install", "--upgrade", "torch", "--index-url",
-                       "https://download.pytorch.org/whl/cu128"]
-    assert cmds[3] == [f"{venv}/bin/python", "-m", "pip", "install", "-e", str(app)]
-    assert "RTX 4070" in out and "dry run" in out
+    assert cmds[1] == [f"{venv}/bin/python", "-m", "pip", "install", "--upgrade", "pip"]
+    assert cmds[2] == [f"{venv}/bin/python", "-m", "pip", "install", "torch", "--index-url",
+                       "https://download.pytorch.org/whl/cu130"]
+    assert cmds[3][:7] == [f"{venv}/bin/python", "-m", "pip", "install", "--upgrade", "--upgrade-strategy", "eager"]
+    assert cmds[3][7] == "-c" and cmds[3][9:] == ["-e", str(app)]
+    assert "RTX 4070" in out and "compute capability 8.9" in out and "dry run" in out
     assert not (app / ".venv").exists()  # nothing was created or downloaded
 
     desktop = tmp_path / "data dir é" / "applications" / "patina.desktop"
@@ -102,10 +118,16 @@ def test_linux_installer_dry_run_in_a_path_with_spaces_and_accents(tmp_path):
     entries = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     assert entries["Type"] == "Application" and entries["Name"] == "Patina" and entries["Terminal"] == "false"
     exec_args = unquote_desktop_exec(entries["Exec"])
-    assert exec_args == [str(app / "packaging" / "patina.sh")]
+    assert exec_args == [str(app / "packaging" / "patina.sh"), "--menu"]
     assert os.access(exec_args[0], os.X_OK)
-    icon = Path(entries["Icon"].replace("\\\\", "\\"))
-    assert icon.is_file() and icon.suffix == ".png"
+    # One main category (Graphics) so menus list Patina once; the icon is installed in the icon theme.
+    cats = [c for c in entries["Categories"].split(";") if c]
+    main = {"AudioVideo", "Audio", "Video", "Development", "Education", "Game", "Graphics", "Network",
+            "Office", "Science", "Settings", "System", "Utility"}
+    assert [c for c in cats if c in main] == ["Graphics"]
+    assert entries["Icon"] == "patina"
+    icon = tmp_path / "data dir é" / "icons" / "hicolor" / "256x256" / "apps" / "patina.png"
+    assert icon.read_bytes() == (app / "resources" / "icons" / "patina-256.png").read_bytes()
     if shutil.which("desktop-file-validate"):
         v = subprocess.run(["desktop-file-validate", str(desktop)], capture_output=True, text=True)
         assert v.returncode == 0, v.stdout + v.stderr
@@ -116,9 +138,24 @@ def test_linux_installer_picks_the_cpu_build_without_a_gpu(tmp_path):
     r = run_installer(app, tmp_path, gpu=False)
     assert r.returncode == 0, r.stderr
     assert "--index-url https://download.pytorch.org/whl/cpu" in r.stdout
-    assert "none found" in r.stdout
+    assert "no NVIDIA GPU found" in r.stdout
+    # the CPU warning is repeated as the last thing printed, after pip's output
+    assert r.stdout.rstrip().splitlines()[-1].startswith("patina-install: WARNING: PyTorch is the CPU build")
     r2 = run_installer(app, tmp_path, gpu=False, extra_env={"PATINA_TORCH_INDEX": "https://example.invalid/whl"})
     assert "--index-url https://example.invalid/whl" in r2.stdout
+
+
+def test_linux_installer_picks_the_build_for_a_pascal_card_and_refuses_an_old_driver(tmp_path):
+    app = copy_app(tmp_path / "app")
+    r = run_installer(app, tmp_path, gpu="NVIDIA GeForce GTX 1080, 6.1, 550.144.03")
+    assert r.returncode == 0, r.stderr
+    assert "--index-url https://download.pytorch.org/whl/cu126" in r.stdout and "Pascal" in r.stdout
+    shutil.rmtree(tmp_path / "data dir é")
+    r = run_installer(app, tmp_path, gpu="NVIDIA GeForce RTX 4070, 8.9, 470.256.02")
+    assert r.returncode != 0
+    assert "too old" in r.stdout + r.stderr and "no PyTorch build fits" in r.stderr
+    assert would_run(r.stdout) == []
+    assert not (tmp_path / "data dir é" / "applications" / "patina.desktop").exists()
 
 
 def test_linux_installer_refuses_an_unsupported_python(tmp_path):
@@ -127,8 +164,55 @@ def test_linux_installer_refuses_an_unsupported_python(tmp_path):
     fake_tool(old, "python", "exit 1")  # any version check fails
     r = run_installer(app, tmp_path, gpu=False, extra_env={"PATINA_PYTHON": str(old / "python")})
     assert r.returncode != 0
-    assert "3.10, 3.11 or 3.12" in r.stderr and "Traceback" not in r.stderr
+    assert "3.10 to 3.14" in r.stderr and "Traceback" not in r.stderr
+    for distro in ("Ubuntu", "Fedora", "Arch"):
+        assert distro in r.stderr
     assert not (tmp_path / "data dir é" / "applications" / "patina.desktop").exists()
+
+
+def test_python_range_matches_pyproject():
+    import re
+
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    m = re.search(r'requires-python = ">=3\.(\d+),<3\.(\d+)"', text)
+    lo, hi = int(m.group(1)), int(m.group(2))
+    script = (PKG / "install-linux.sh").read_text(encoding="utf-8")
+    assert f"(3, {lo}) <= sys.version_info[:2] < (3, {hi})" in script
+    assert f'SUPPORTED="3.{lo} to 3.{hi - 1}"' in script
+    assert f"python3.{hi - 1}" in script
+
+
+def test_project_metadata_has_no_setuptools_warnings():
+    import warnings
+
+    pytest.importorskip("setuptools")
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        conf = read_configuration(str(ROOT / "pyproject.toml"))
+    assert conf["project"]["license"] == "Apache-2.0"
+    assert not [w for w in caught if "license" in str(w.message).lower()], [str(w.message) for w in caught]
+
+
+def test_linux_installer_checks_an_existing_environment(tmp_path):
+    app = copy_app(tmp_path / "app")
+    venv = app / ".venv"
+    # A venv whose Python is gone (the system Python was upgraded, or an earlier run was cut short).
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /nonexistent\n", encoding="utf-8")
+    r = run_installer(app, tmp_path, gpu=False)
+    assert r.returncode == 0, r.stderr
+    assert "recreating it" in r.stdout
+    cmds = would_run(r.stdout)
+    assert cmds[0] == ["rm", "-rf", "--", str(venv)] and cmds[1] == [sys.executable, "-m", "venv", str(venv)]
+    # A folder that is not a venv is never deleted.
+    shutil.rmtree(venv)
+    venv.mkdir()
+    (venv / "notes.txt").write_text("mine", encoding="utf-8")
+    r = run_installer(app, tmp_path, gpu=False)
+    assert r.returncode != 0 and "is not a Python environment" in r.stderr
+    assert (venv / "notes.txt").exists()
 
 
 def test_linux_launcher_runs_the_venv_python_from_a_path_with_spaces(tmp_path):

@@ -199,7 +199,7 @@ def test_a_crash_inside_qt_started_from_the_menu_is_shown(tmp_path):
     tool(venv_bin, "python", 'echo "qt.qpa.plugin: Could not load the Qt platform plugin \\"xcb\\"" >&2\n'
                             'kill -ABRT $$')
     env = launcher_env(tmp_path)
-    r = subprocess.run(["bash", str(app / "packaging" / "patina.sh")], env=env, capture_output=True, text=True,
+    r = subprocess.run(["bash", str(app / "packaging" / "patina.sh"), "--menu"], env=env, capture_output=True, text=True,
                        timeout=60, stdin=subprocess.DEVNULL)
     assert r.returncode == 134
     log = tmp_path / "state" / "patina" / "patina-output.log"
