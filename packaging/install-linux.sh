@@ -13,7 +13,7 @@
 # Paths may contain spaces and any Unicode characters.
 #
 # Settings (environment variables):
-#   PATINA_PYTHON        Python to build the venv with (default: the newest of python3.14 … python3.10, python3)
+#   PATINA_PYTHON        Python to build the venv with (default: python3.12, 3.13, 3.11, 3.14, 3.10, python3)
 #   PATINA_VENV          venv folder (default: <app>/.venv)
 #   PATINA_TORCH_INDEX   PyTorch wheel index to use instead of the detected one (e.g. …/whl/cpu)
 #   PATINA_UPGRADE_TORCH=1  also upgrade PyTorch when the right build is already installed
@@ -102,7 +102,7 @@ $(python_help)"
         return
     fi
     local candidate
-    for candidate in python3.14 python3.13 python3.12 python3.11 python3.10 python3; do
+    for candidate in python3.12 python3.13 python3.11 python3.14 python3.10 python3; do
         if command -v "$candidate" >/dev/null 2>&1 && python_ok "$candidate"; then
             command -v "$candidate"
             return

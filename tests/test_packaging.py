@@ -251,14 +251,14 @@ def test_windows_scripts_quote_every_path():
     ps1 = (PKG / "install-windows.ps1").read_bytes()
     assert all(b < 128 for b in ps1), "install-windows.ps1 must stay ASCII (PowerShell 5.1 reads it as ANSI)"
     text = ps1.decode("ascii")
-    assert "https://download.pytorch.org/whl/cu128" in text and "nvidia-smi" in text
+    assert "pick_torch.py" in text and "Win32_VideoController" in text
     assert '"-e", $AppDir' in text and "pythonw.exe" in text and "-LiteralPath" in text
-    for bat in ("install-windows.bat", "patina.bat"):
+    for bat in ("install-windows.bat", "patina.bat", "uninstall-windows.bat"):
         raw = (PKG / bat).read_bytes()
         assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b""), f"{bat} needs CRLF line endings"
         body = raw.decode("ascii")
         assert '"%~dp0' in body  # the script's own folder, always quoted
-    assert 'start "" "%PYW%" -m gui.launcher' in (PKG / "patina.bat").read_text(encoding="ascii")
+    assert 'start "" /D "%APP_DIR%" "%PYW%" -m gui.launcher' in (PKG / "patina.bat").read_text(encoding="ascii")
 
 
 def _reuse_this_environment(venv: Path) -> Path:
