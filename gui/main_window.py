@@ -189,6 +189,7 @@ class MainWindow(QMainWindow):
         self.path_label = QLabel(self)
         self.path_label.setStyleSheet("color: palette(placeholder-text); padding: 0 8px;")
         self.statusBar().addPermanentWidget(self.path_label)
+        self._start_device_notice()
 
         self.form.changed.connect(self._form_changed)
         self.training.start_requested.connect(self.start_training)
@@ -208,6 +209,44 @@ class MainWindow(QMainWindow):
         self.sync_dataset_tab()
 
     # -- construction -------------------------------------------------------------------------------------
+
+    def _start_device_notice(self) -> None:
+        """A one-line notice in the status bar when training would run on the CPU (checked on a worker
+        thread, without importing torch)."""
+        import threading
+
+        from PySide6.QtCore import QObject, Signal
+
+        class _Notice(QObject):
+            found = Signal(str)
+
+        self.device_label = QLabel(self)
+        self.device_label.setStyleSheet("color: #b26a00; padding: 0 8px;")
+        self.device_label.hide()
+        self.statusBar().addWidget(self.device_label)
+        self._device_notice = _Notice(self)
+        self._device_notice.found.connect(self._show_device_notice)
+        notice = self._device_notice
+
+        def work():
+            from gui.device_notice import cpu_training_reason
+
+            try:
+                reason = cpu_training_reason()
+            except Exception:  # noqa: BLE001 - a notice is not worth an error
+                reason = None
+            if reason:
+                try:
+                    notice.found.emit(reason)
+                except RuntimeError:  # the window is gone
+                    pass
+
+        threading.Thread(target=work, name="patina-device-notice", daemon=True).start()
+
+    def _show_device_notice(self, text: str) -> None:
+        self.device_label.setText("⚠ " + text)
+        self.device_label.setToolTip(text)
+        self.device_label.show()
 
     def _build_actions(self) -> None:
         st = self.style()
