@@ -150,7 +150,7 @@ function Remove-Patina {
     }
     foreach ($d in $dirs + @((Join-Path $LocalData "cache"), (Join-Path $LocalData "launcher.log"))) {
         if (-not (Test-Path -LiteralPath $d)) { continue }
-        if ((Split-Path -Leaf $d) -match "venv$" -and -not (Test-Path -LiteralPath (Join-Path $d "pyvenv.cfg"))) {
+        if (($dirs -contains $d) -and -not (Test-Path -LiteralPath (Join-Path $d "pyvenv.cfg"))) {
             Say "left $d alone: it is not a Python environment."
             continue
         }

@@ -12,7 +12,7 @@ no path ever passes through the console's code page. Standard library only; runs
         site-packages; Windows refuses paths over 259 characters unless long paths are enabled, so a deep
         app folder gets a short alternative (%LOCALAPPDATA%\\Patina\\venv) or an explanation.
 
-Both write JSON to OUT and print a one-line summary.
+Both write their answer as UTF-8 JSON to OUT (never through the console).
 """
 
 from __future__ import annotations
