@@ -190,12 +190,13 @@ NET_HINT="Check the internet connection (pip downloads from https://pypi.org and
 step "updating pip" "$NET_HINT" "$VPY" -m pip install --upgrade pip "${PIP_EXTRA[@]}"
 
 # --- PyTorch: install, switch build, or keep -------------------------------------------------------------
+# The installed torch and its build (from its version tag, or torch/version.py for PyPI's wheels).
 INSTALLED_TORCH=""
-if [ -x "$VPY" ]; then
-    INSTALLED_TORCH="$("$VPY" -c 'from importlib.metadata import version; print(version("torch"))' 2>/dev/null || true)"
-fi
 INSTALLED_BUILD=""
-case "$INSTALLED_TORCH" in *+*) INSTALLED_BUILD="${INSTALLED_TORCH##*+}" ;; esac
+if [ -x "$VPY" ] && INFO="$("$VPY" "$APP_DIR/packaging/pick_torch.py" --installed 2>/dev/null)"; then
+    INSTALLED_TORCH="${INFO%% *}"
+    case "$INFO" in *" "*) INSTALLED_BUILD="${INFO#* }" ;; esac
+fi
 if [ -z "$INSTALLED_TORCH" ]; then
     say "PyTorch:     installing from $TORCH_INDEX"
     step "installing PyTorch" "$NET_HINT $SPACE_HINT" \

@@ -250,13 +250,17 @@ if ($needVenv) {
 Invoke-Step "updating pip" $NetHint $VenvPython @("-m", "pip", "install", "--upgrade", "pip")
 
 # PyTorch: install, switch build, or keep.
+# The installed torch and its build (from its version tag, or torch\version.py for PyPI's wheels).
 $installed = ""
-if (Test-Path -LiteralPath $VenvPython) {
-    $installed = Invoke-Native $VenvPython @("-c", "from importlib.metadata import version; print(version('torch'))") | Select-Object -Last 1
-    if ($LASTEXITCODE -ne 0) { $installed = "" } else { $installed = ([string]$installed).Trim() }
-}
 $installedBuild = ""
-if ($installed -match '\+(.+)$') { $installedBuild = $Matches[1] }
+if (Test-Path -LiteralPath $VenvPython) {
+    $info = Invoke-Native $VenvPython @($Picker, "--installed") | Select-Object -Last 1
+    if ($LASTEXITCODE -eq 0) {
+        $fields = ([string]$info).Trim() -split '\s+'
+        $installed = $fields[0]
+        if ($fields.Count -gt 1) { $installedBuild = $fields[1] }
+    }
+}
 if (-not $installed) {
     Say "PyTorch:     installing from $TorchIndex"
     Invoke-Step "installing PyTorch" $NetHint $VenvPython @("-m", "pip", "install", "torch", "--index-url", $TorchIndex)

@@ -3,6 +3,7 @@
 without one, or a clear refusal. Both installers run it (standard library only, any Python 3.7+).
 
     python3 pick_torch.py [--platform linux|windows] [--gpu-name NAME ...]
+    <venv python> pick_torch.py --installed      (prints "<torch version> <build>", e.g. "2.13.0 cu130")
 
 It runs ``nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader`` itself.
 stdout gets one line, ``<index-url> <build>`` (e.g. ``https://download.pytorch.org/whl/cu130 cu130``);
@@ -205,7 +206,49 @@ def choose(gpus: list[Gpu], other_vendors: list[str], platform: str) -> tuple[in
     return (0, INDEX + build[0], build[0], lines)
 
 
+def installed_torch() -> tuple[str, str] | None:
+    """The torch installed for the Python running this, and its build ("cu130", "cpu", "rocm6.4", "" when
+    unknown), read from its metadata and torch/version.py without importing torch (which takes seconds).
+    Wheels from download.pytorch.org say the build in their version ("2.13.0+cu130"); PyPI's do not."""
+    import importlib.util
+
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # Python 3.7
+        return None
+    try:
+        ver = version("torch")
+    except PackageNotFoundError:
+        return None
+    if "+" in ver:
+        return ver, ver.split("+", 1)[1]
+    try:
+        spec = importlib.util.find_spec("torch")
+        folder = list(spec.submodule_search_locations)[0]
+        with open(os.path.join(folder, "version.py"), encoding="utf-8") as fh:
+            text = fh.read()
+    except (ImportError, AttributeError, IndexError, TypeError, OSError):
+        return ver, ""
+    fields = dict(re.findall(r"^(cuda|hip)\b[^=\n]*=\s*'?([^'\n]*)'?\s*$", text, re.M))
+    cuda, hip = fields.get("cuda", ""), fields.get("hip", "")
+    if cuda and cuda != "None":
+        return ver, "cu" + "".join(cuda.split(".")[:2])
+    if hip and hip != "None":
+        return ver, "rocm"
+    if cuda == "None":
+        return ver, "cpu"
+    return ver, ""
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--installed"]:
+        found = installed_torch()
+        if found is None:
+            return 1
+        print(f"{found[0]} {found[1]}".strip())
+        return 0
     p = argparse.ArgumentParser(description="Pick the PyTorch build for this machine.")
     p.add_argument("--platform", choices=("linux", "windows"),
                    default="windows" if sys.platform == "win32" else "linux")

@@ -366,3 +366,30 @@ def test_linux_uninstall_dry_run_lists_and_keeps_everything(tmp_path):
     r = run_installer(app, tmp_path, gpu=False, script="uninstall-linux.sh")
     assert r.returncode == 0 and f"would remove: {desktop}" in r.stdout
     assert desktop.exists()
+
+
+def test_linux_update_switches_the_torch_build_only_when_the_card_needs_another(tmp_path):
+    _needs_reusable_environment()
+    from importlib.metadata import version
+
+    app = copy_app(tmp_path / "app é")
+    venv = app / ".venv"
+    _reuse_this_environment(venv)
+    torch_version = version("torch")
+    vpy = f"{venv}/bin/python"
+    # The installed build fits: torch is kept and held; everything else is upgraded.
+    build = torch_version.split("+")[1] if "+" in torch_version else None
+    if build == "cpu":
+        r = run_installer(app, tmp_path, gpu=False)
+        assert r.returncode == 0, r.stderr
+        cmds = would_run(r.stdout)
+        assert [c for c in cmds if "torch" in c] == []
+        assert cmds[-1][:7] == [vpy, "-m", "pip", "install", "--upgrade", "--upgrade-strategy", "eager"]
+        assert f"torch held at {torch_version}" in r.stdout
+    # A card that needs another build: the old one is removed, the new one installed from its index.
+    r = run_installer(app, tmp_path, gpu="NVIDIA GeForce GTX 1080, 6.1, 550.144.03")
+    assert r.returncode == 0, r.stderr
+    assert f"switching from {torch_version} to the cu126 build" in r.stdout
+    cmds = would_run(r.stdout)
+    assert [vpy, "-m", "pip", "uninstall", "-y", "torch"] in cmds
+    assert [vpy, "-m", "pip", "install", "torch", "--index-url", "https://download.pytorch.org/whl/cu126"] in cmds

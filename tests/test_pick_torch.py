@@ -131,4 +131,41 @@ def test_runs_with_the_oldest_python_the_installers_accept():
     tree = ast.parse(PICK.read_text(encoding="utf-8"), feature_version=(3, 7))
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= {"__future__", "argparse", "glob", "os", "re", "subprocess", "sys"}
+    assert imported <= {"__future__", "argparse", "glob", "importlib", "os", "re", "subprocess", "sys"}
+
+
+def fake_torch(site: Path, version: str, cuda: str | None, hip: str | None = None) -> None:
+    dist = site / f"torch-{version}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n", encoding="utf-8")
+    pkg = site / "torch"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise ImportError('importing torch is not needed')\n", encoding="utf-8")
+    (pkg / "version.py").write_text(
+        "from typing import Optional\n"
+        f"__version__ = '{version}'\ndebug = False\n"
+        f"cuda: Optional[str] = {cuda!r}\nhip: Optional[str] = {hip!r}\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize("version, cuda, hip, expected", [
+    ("2.13.0+cu126", "12.6", None, "2.13.0+cu126 cu126"),
+    ("2.13.0+cpu", None, None, "2.13.0+cpu cpu"),
+    ("2.13.0", "13.0", None, "2.13.0 cu130"),   # PyPI's wheel: no tag, CUDA 13.0 inside
+    ("2.13.0", None, None, "2.13.0 cpu"),
+    ("2.13.0", None, "6.4.1", "2.13.0 rocm"),
+])
+def test_installed_build_is_read_without_importing_torch(tmp_path, version, cuda, hip, expected):
+    site = tmp_path / "site"
+    fake_torch(site, version, cuda, hip)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)
+    r = subprocess.run([sys.executable, "-S", str(PICK), "--installed"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == expected
+
+
+def test_no_torch_installed(tmp_path):
+    r = subprocess.run([sys.executable, "-S", str(PICK), "--installed"], capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.returncode == 1 and r.stdout == ""
