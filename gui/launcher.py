@@ -94,7 +94,7 @@ def notify(title: str, body: str) -> bool:
     return False
 
 
-def report_startup_failure(summary: str, text: str) -> None:
+def report_startup_failure(text: str) -> None:
     """Say why the window could not start: terminal, log file, and a notification when there is no
     terminal to read it in."""
     logged = write_log(text)
@@ -111,14 +111,13 @@ def _start_gui(argv: list[str]) -> int:
 
     problem = check(screenshot=any(a.startswith("--screenshot") for a in argv))
     if problem is not None:
-        report_startup_failure(problem.summary, problem.text())
+        report_startup_failure(problem.text())
         return 1
     try:
         from gui.app import run_app  # noqa: WPS433 (lazy on purpose)
     except ModuleNotFoundError as exc:
         if exc.name not in ("gui.app",):
-            report_startup_failure("patina: the window could not start.",
-                                   f"patina: the window could not start: {exc}.\nRun the installer again to "
+            report_startup_failure(f"patina: the window could not start: {exc}.\nRun the installer again to "
                                    f"repair the environment.\n\n{traceback.format_exc()}")
             return 1
         from core.cli import main as cli_main
@@ -126,8 +125,7 @@ def _start_gui(argv: list[str]) -> int:
     try:
         return run_app(argv)
     except Exception as exc:  # noqa: BLE001 - anything that stops the window from starting is reported
-        report_startup_failure("patina: the window could not start.",
-                               f"patina: the window could not start: {type(exc).__name__}: {exc}\n\n"
+        report_startup_failure(f"patina: the window could not start: {type(exc).__name__}: {exc}\n\n"
                                f"{traceback.format_exc()}")
         return 1
 

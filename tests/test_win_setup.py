@@ -153,8 +153,7 @@ def test_pythonw_start_up_failure_shows_a_message_box_and_writes_the_log(tmp_pat
     monkeypatch.setattr(sys, "stderr", None)  # pythonw.exe has no console
     monkeypatch.delenv("PATINA_STATE_DIR", raising=False)
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "Local é"))
-    launcher.report_startup_failure("patina: the window could not start.",
-                                    "patina: the window could not start: ImportError: DLL load failed")
+    launcher.report_startup_failure("patina: the window could not start: ImportError: DLL load failed")
     log = tmp_path / "Local é" / "Patina" / "launcher.log"
     assert "DLL load failed" in log.read_text(encoding="utf-8")
     assert len(boxes) == 1
