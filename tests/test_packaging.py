@@ -275,6 +275,30 @@ def _reuse_this_environment(venv: Path) -> Path:
     return Path(sysconfig.get_paths()["purelib"])
 
 
+def _tiny_wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel of *name* *version* (an empty package), for offline upgrade tests."""
+    import base64
+    import hashlib
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dist = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": b"",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, data in files.items():
+            zf.writestr(path, data)
+    return wheel
+
+
 def _needs_reusable_environment():
     import importlib.util
 
@@ -321,12 +345,18 @@ def test_linux_installer_end_to_end_update_and_uninstall(tmp_path):
                        text=True, timeout=120)
     assert v.returncode == 0 and v.stdout.startswith("patina "), v.stderr
 
-    # Update: every library is upgraded (eager, offline here); torch stays, nothing of it is reinstalled.
-    u = run_installer(app, tmp_path, gpu=False, dry_run=False, timeout=300, extra_env=offline)
+    # Update: a newer release of a dependency (pyqtgraph, served from a local folder) is installed, while
+    # torch stays: nothing of it is downloaded or reinstalled.
+    wheels = tmp_path / "wheels"
+    _tiny_wheel(wheels, "pyqtgraph", "999.0")
+    u = run_installer(app, tmp_path, gpu=False, dry_run=False, timeout=300,
+                      extra_env={"PATINA_PIP_ARGS": f"--no-index --no-build-isolation --find-links {wheels}"})
     assert u.returncode == 0, u.stderr[-3000:]
     assert "is installed and fits; kept" in u.stdout
+    installed = [ln for ln in u.stdout.splitlines() if ln.startswith("Successfully installed")]
+    assert installed and "pyqtgraph-999.0" in installed[-1] and "torch" not in installed[-1]
     assert "Installing collected packages: torch" not in u.stdout and "Uninstalling torch" not in u.stdout
-    assert "--upgrade-strategy eager" in (PKG / "install-linux.sh").read_text(encoding="utf-8")
+    assert list(venv.glob("lib/python*/site-packages/pyqtgraph-999.0.dist-info"))
 
     # The user's things, which uninstall must never touch.
     keep = [home / ".config" / "patina" / "presets" / "mine.json", home / "datasets" / "10_cat" / "a.png",
