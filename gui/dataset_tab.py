@@ -172,6 +172,7 @@ class DatasetTab(QWidget):
         self._shut = False
         self._state = self._load_state()
         self.wizard: FolderWizardDialog | None = None
+        self.batch_size_source = None   # () -> the Training tab's batch size, for the wizard's step hint
 
         # models, workers
         self.model = ImageListModel(self)
@@ -444,7 +445,13 @@ class DatasetTab(QWidget):
             self.wizard.raise_()
             self.wizard.activateWindow()
             return self.wizard
-        self.wizard = FolderWizardDialog(self, values=self._state.get("wizard", {}))
+        values = dict(self._state.get("wizard", {}))
+        if self.batch_size_source is not None:
+            try:
+                values["train_batch_size"] = int(self.batch_size_source())
+            except (TypeError, ValueError):
+                pass
+        self.wizard = FolderWizardDialog(self, values=values)
         self.wizard.prepared.connect(self._on_prepared)
         self.wizard.open()
         return self.wizard

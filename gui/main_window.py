@@ -176,6 +176,8 @@ class MainWindow(QMainWindow):
         self.form = self.training.form
         self.monitor = MonitorTab(self, engine_fn=engine_fn, plan_fn=plan_fn, config_source=self._config_for_run)
         self.dataset_tab, self.has_dataset_tab = make_dataset_tab(self)
+        if hasattr(self.dataset_tab, "batch_size_source"):
+            self.dataset_tab.batch_size_source = lambda: self.form.fields["train_batch_size"].getter()
         self.tabs = QTabWidget(self)
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.dataset_tab, TAB_TITLES["dataset"])
@@ -417,7 +419,7 @@ class MainWindow(QMainWindow):
         else:
             stem = self.imported_from.stem + "-patina" if self.imported_from else (
                 str(self.form.values().get("output_name") or "lora"))
-            suggestion = str(Path(self._dialog_dir()) / f"{stem}.json")
+            suggestion = str(Path(self._training_folder() or self._dialog_dir()) / f"{stem}.json")
         path, _ = QFileDialog.getSaveFileName(self, "Save the config", suggestion, "Patina config (*.json)")
         if not path:
             return False
@@ -463,6 +465,14 @@ class MainWindow(QMainWindow):
                               "\n".join(f"- {n}" for n in notes))
         else:
             self.statusBar().showMessage(msg, 6000)
+
+    def _training_folder(self) -> str:
+        """The project folder around the image folder (``<training>/img`` → ``<training>``), if it exists."""
+        img = str(self.form.values().get("train_data_dir") or "").strip()
+        if not img:
+            return ""
+        parent = Path(os.path.expanduser(img)).parent
+        return str(parent) if parent.is_dir() and parent != Path(parent.anchor) else ""
 
     def _dialog_dir(self) -> str:
         for d in (self.state.last_dir, str(self.path.parent) if self.path else ""):
