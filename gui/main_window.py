@@ -602,6 +602,11 @@ class MainWindow(QMainWindow):
             return
         vals = self.form.values()
         pair = (str(vals.get("train_data_dir") or ""), str(vals.get("caption_extension") or ".txt"))
+        if hasattr(self.dataset_tab, "set_reg_folder"):
+            try:
+                self.dataset_tab.set_reg_folder(str(vals.get("reg_data_dir") or ""))
+            except Exception as exc:  # noqa: BLE001 - a Dataset tab problem must not break the window
+                self.statusBar().showMessage(f"The Dataset tab could not use the regularisation folder: {exc}", 10000)
         if pair == self._dataset_sent:
             return
         self._dataset_sent = pair

@@ -388,6 +388,7 @@ class LiveCharts(QWidget):
 # --- sample gallery ----------------------------------------------------------------------------------------
 
 THUMB = 150
+ENLARGE_TO = 512     # the enlarge dialog shows a smaller sample at least about this big (nearest-neighbour)
 
 
 def _row_title(epoch: int, step: int) -> str:
@@ -412,15 +413,29 @@ class ImageDialog(QDialog):
         else:
             screen = (parent.screen() if parent is not None else QApplication.primaryScreen()).availableSize()
             limit = QSize(int(screen.width() * 0.8), int(screen.height() * 0.75))
+            self.original_size = (pix.width(), pix.height())
+            self.zoom = 1
             if pix.width() > limit.width() or pix.height() > limit.height():
                 pix = pix.scaled(limit, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+            elif max(pix.width(), pix.height()) < ENLARGE_TO:
+                # A tiny sample (a 64-px test run) is enlarged by a whole factor with nearest-neighbour: its
+                # pixels stay sharp, and it is never smaller than its thumbnail.
+                side = max(pix.width(), pix.height())
+                fits = min(limit.width() // max(1, pix.width()), limit.height() // max(1, pix.height()))
+                self.zoom = max(1, min(-(-ENLARGE_TO // side), fits))
+                if self.zoom > 1:
+                    pix = pix.scaled(pix.width() * self.zoom, pix.height() * self.zoom,
+                                     Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation)
             self.image.setPixmap(pix)
         layout.addWidget(self.image, 1)
         prompt = QLabel(f"<b>Prompt {sample.index + 1}:</b> {html.escape(sample.prompt)}", self)
         prompt.setWordWrap(True)
         prompt.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(prompt)
-        path = QLabel(html.escape(sample.path), self)
+        size_note = ""
+        if getattr(self, "zoom", 1) > 1:
+            size_note = f"  ({self.original_size[0]}×{self.original_size[1]} px, shown {self.zoom}× enlarged)"
+        path = QLabel(html.escape(sample.path + size_note), self)
         path.setStyleSheet("color: palette(placeholder-text);")
         path.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(path)

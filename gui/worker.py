@@ -183,9 +183,16 @@ class BackgroundCall(QRunnable):
         try:
             value = self.fn(*self.args)
         except BaseException as exc:  # noqa: BLE001 - reported to the GUI thread
-            self.relay._error.emit(exc)
+            self._report(self.relay._error, exc)
             return
-        self.relay._result.emit(value)
+        self._report(self.relay._result, value)
+
+    @staticmethod
+    def _report(signal, value) -> None:
+        try:
+            signal.emit(value)
+        except RuntimeError:
+            pass  # the application is closing and the relay is gone: nobody is waiting for the answer
 
     def start(self, on_result: Callable[[Any], None] | None = None,
               on_error: Callable[[BaseException], None] | None = None) -> "BackgroundCall":

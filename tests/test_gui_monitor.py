@@ -433,3 +433,20 @@ def test_plan_dialog_shows_train_and_reg_samples_and_the_arithmetic(qtbot, tmp_p
     assert "160 reg samples per epoch" in rows["Regularisation images"]
     texts = " ".join(lab.text() for lab in dlg.findChildren(mt.QLabel))
     assert "smaller than their bucket" in texts
+
+
+def test_enlarging_a_tiny_sample_scales_it_up_sharply(qtbot, tmp_path):
+    img = QImage(64, 64, QImage.Format.Format_RGB32)
+    img.fill(QColor(10, 10, 10))
+    for x in range(0, 64, 2):
+        for y in range(64):
+            img.setPixelColor(x, y, QColor(250, 250, 250))   # 1-px stripes: blurred by smooth scaling
+    path = tmp_path / "s.png"
+    img.save(str(path))
+    dlg = mt.ImageDialog(Sample(str(path), "sks toy", 0, 4, 1))
+    qtbot.addWidget(dlg)
+    shown = dlg.image.pixmap().toImage()
+    assert shown.width() >= 512 and shown.width() > mt.THUMB  # never smaller than its thumbnail
+    assert dlg.zoom == shown.width() // 64
+    values = {shown.pixelColor(x, 10).red() for x in range(shown.width())}
+    assert values <= {10, 250}  # nearest-neighbour: only the two original values, no blur
