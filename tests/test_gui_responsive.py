@@ -19,6 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_MS = 500
+RUN_BOUND_MS = 3000
 
 
 def test_no_long_gui_stall_on_first_contact(tmp_path):
@@ -43,5 +44,10 @@ def test_no_long_gui_stall_on_first_contact(tmp_path):
     # does not import torch at all (it reads JSON and safetensors headers).
     assert result["first_import"]["pyqtgraph"][0] == "worker", result
     assert result["first_import"]["torch"] == ["worker", "first run (model load and training)"], result
-    worst = max(result["worst_gap_ms"].values())
-    assert worst < BOUND_MS, f"the window froze for {worst} ms: {result['worst_gap_ms']}"
+    gaps = result["worst_gap_ms"]
+    for phase in ("family detection", "first Monitor tab opening"):
+        assert gaps[phase] < BOUND_MS, f"the window froze for {gaps[phase]} ms during {phase}: {gaps}"
+    # The first run: the engine imports torch/diffusers and builds the model in its worker thread. Python
+    # code there holds the GIL in long stretches on a loaded machine (the GUI thread uses a few ms of CPU
+    # in those gaps: it waits), so the bound is wider; a model loaded on the GUI thread takes many seconds.
+    assert gaps["first run (model load and training)"] < RUN_BOUND_MS, gaps
