@@ -405,13 +405,13 @@ class Trainer:
         cache: dict = {}
         bs = max(1, self.cfg["vae_batch_size"] or self.cfg["train_batch_size"])
         pending: list = []   # (cache key, prepared image, disk path or None), all of one bucket
-        shown = {"done": 0, "at": time.monotonic()}
+        shown_at = [time.monotonic()]
 
         def progress(done: int) -> None:
             """'Caching latents k/N…' as the work is done: every half second, and at the end."""
             now = time.monotonic()
-            if done == len(todo) or now - shown["at"] >= self.CACHE_PROGRESS_S:
-                shown["done"], shown["at"] = done, now
+            if done == len(todo) or now - shown_at[0] >= self.CACHE_PROGRESS_S:
+                shown_at[0] = now
                 self.status("caching", f"Caching latents {done}/{len(todo)}…")
 
         def flush():
