@@ -78,6 +78,7 @@ def validated(cfg: dict) -> dict:
 
 def make_plan(cfg: dict, *, seed: int | None = None, num_processes: int = 1) -> RunPlan:
     from core.dataset.folders import scan_dataset
+    from core.dataset.summary import upscale_warning
     from core.train_data import DatasetPlan
 
     cfg = validated(cfg)
@@ -98,6 +99,9 @@ def make_plan(cfg: dict, *, seed: int | None = None, num_processes: int = 1) -> 
         epochs, total = cfg["epoch"], cfg["epoch"] * spe
     warnings = [f"{s.path}: skipped — {s.reason}" for s in scan.skipped]
     warnings += [f"{p}" for p in scan.folder_problems]
+    upscaled = upscale_warning((it.image, it.bucket) for it in data.items)
+    if upscaled:
+        warnings.append(upscaled)
     for bucket in data.small_buckets():
         warnings.append(f"bucket {bucket} holds fewer images than the batch size in some steps; those steps run "
                         "with a smaller batch")
@@ -106,16 +110,17 @@ def make_plan(cfg: dict, *, seed: int | None = None, num_processes: int = 1) -> 
 
 
 def plan_event(rp: RunPlan, family: str = "auto") -> Plan:
+    from core.dataset.summary import scan_arithmetic
+
     scan, cfg = rp.scan, rp.cfg
+    arithmetic = scan_arithmetic(scan, cfg["train_batch_size"], cfg["gradient_accumulation_steps"],
+                                 rp.steps_per_epoch)
     lines = ["Training plan", ""]
     for s in scan.subsets:
         kind = "reg " if s.is_reg else ""
         lines.append(f"  {kind}{s.name}: {s.num_images} images × {s.repeats} repeats = {s.samples} samples")
     lines += [
-        f"  Samples per epoch: {scan.samples_per_epoch}" + (f" (+ {scan.reg_samples_used} regularisation)"
-                                                            if scan.reg_samples_used else ""),
-        f"  Batch size {cfg['train_batch_size']}, gradient accumulation {cfg['gradient_accumulation_steps']}: "
-        f"{rp.steps_per_epoch} steps per epoch",
+        f"  Per epoch: {arithmetic.text}",
         f"  Epochs: {rp.epochs}   Total steps: {rp.total_steps}",
         f"  Captions: {scan.captioned} of {scan.train_images} training image(s) have a {scan.caption_extension} "
         "caption file" + ("; the others are captioned with their folder name"
@@ -135,7 +140,9 @@ def plan_event(rp: RunPlan, family: str = "auto") -> Plan:
                 steps_per_epoch=rp.steps_per_epoch, epochs=rp.epochs, total_steps=rp.total_steps,
                 batch_size=cfg["train_batch_size"], grad_accum=cfg["gradient_accumulation_steps"],
                 buckets=rp.data.bucket_histogram(), skipped=[(str(s.path), s.reason) for s in scan.skipped],
-                output_path=str(rp.output_path), family=family, text="\n".join(lines))
+                output_path=str(rp.output_path), family=family, text="\n".join(lines),
+                reg_samples=scan.reg_samples_used, arithmetic=arithmetic.text,
+                warnings=[w for w in rp.warnings if "skipped —" not in w])
 
 
 def plan(cfg: dict) -> Plan:
@@ -162,6 +169,8 @@ class _Stop(Exception):
 
 class Trainer:
     """One training run. ``run()`` is the whole story, top to bottom."""
+
+    CACHE_PROGRESS_S = 0.5   # "Caching latents k/N…" at most this often (and always at the end)
 
     def __init__(self, cfg: dict, emit: Emit | None, commands: Commands | None, resume: str | None,
                  overwrite: bool = True):
@@ -436,6 +445,14 @@ class Trainer:
         cache: dict = {}
         bs = max(1, self.cfg["vae_batch_size"] or self.cfg["train_batch_size"])
         pending: list = []   # (cache key, prepared image, disk path or None), all of one bucket
+        shown_at = [time.monotonic()]
+
+        def progress(done: int) -> None:
+            """'Caching latents k/N…' as the work is done: every half second, and at the end."""
+            now = time.monotonic()
+            if done == len(todo) or now - shown_at[0] >= self.CACHE_PROGRESS_S:
+                shown_at[0] = now
+                self.status("caching", f"Caching latents {done}/{len(todo)}…")
 
         def flush():
             if not pending:
@@ -450,8 +467,9 @@ class Trainer:
                     save_file(entry, str(tmp))
                     commit_temp(tmp, path)
             pending.clear()
+            progress(len(cache))
 
-        for n, (i, flip) in enumerate(sorted(todo, key=lambda t: data.items[t[0]].bucket)):
+        for i, flip in sorted(todo, key=lambda t: data.items[t[0]].bucket):
             item = data.items[i]
             path = None
             if disk is not None:
@@ -459,6 +477,7 @@ class Trainer:
                 if path.exists():
                     try:
                         cache[(i, flip)] = load_file(str(path))
+                        progress(len(cache))
                         continue
                     except Exception:  # noqa: BLE001 - a damaged cache file is just recomputed
                         pass
@@ -467,8 +486,6 @@ class Trainer:
             pending.append(((i, flip), prepare_image(item, flip, self.cfg), path))
             if len(pending) >= bs:
                 flush()
-            if n % 16 == 0:
-                self.status("caching", f"Caching latents {n + 1}/{len(todo)}…")
         flush()
         self.latent_cache = cache
         if not self._needs_vae_on_device():

@@ -44,6 +44,9 @@ class Plan:
     output_path: str
     family: str
     text: str                # the whole plan as readable text
+    reg_samples: int = 0     # regularisation samples per epoch (as many as training samples, or 0)
+    arithmetic: str = ""     # how the steps come about (core.dataset.summary.EpochArithmetic.text)
+    warnings: list = field(default_factory=list)   # dataset warnings, one line each
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
+if TYPE_CHECKING:  # torch is imported where weights are loaded: detect_family stays light (the GUI calls it)
+    import torch
 
 from .checkpoint import (
     PICKLE_SUFFIXES,
@@ -605,12 +606,16 @@ def _single_file_component(cls, sd: Mapping[str, torch.Tensor], config_dir: Path
 _OLD_VAE_ATTN = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
 
 
-def load_vae(path: str | Path, *, family: str, dtype: torch.dtype = torch.float32,
+def load_vae(path: str | Path, *, family: str, dtype: torch.dtype | None = None,
              config_dir: str | Path | None = None):
     """Load a separate VAE: a single-file VAE in LDM layout (``.safetensors``/``.ckpt``/``.pt``, e.g.
     ``vae-ft-mse-840000``), a diffusers-layout VAE file (``diffusion_pytorch_model.safetensors``) or a
-    diffusers ``vae`` folder. The architecture/scaling factor come from *family*'s config."""
+    diffusers ``vae`` folder. The architecture/scaling factor come from *family*'s config (dtype: float32 if
+    not given)."""
+    import torch
     from diffusers import AutoencoderKL
+
+    dtype = torch.float32 if dtype is None else dtype
 
     p = Path(path).expanduser()
     cfg_dir = Path(config_dir) if config_dir else shipped_config_dir(family)
@@ -670,7 +675,7 @@ def load_vae(path: str | Path, *, family: str, dtype: torch.dtype = torch.float3
 
 
 def load_base_model(path: str | Path, *, family: str | None = None, v_parameterization: bool | None = None,
-                    vae_path: str | Path | None = None, dtype: torch.dtype = torch.float32,
+                    vae_path: str | Path | None = None, dtype: torch.dtype | None = None,
                     config_dir: str | Path | None = None) -> BaseModel:
     """Load a base model (UNet, VAE, text encoder(s), tokenizer(s), schedulers) fully offline.
 
@@ -683,7 +688,11 @@ def load_base_model(path: str | Path, *, family: str | None = None, v_parameteri
     * ``vae_path``: replace the model's VAE (see :func:`load_vae`).
     * ``config_dir``: diffusers config folder to use for a single-file checkpoint instead of the
       bundled one (tests, unusual models).
+    * ``dtype``: of the loaded weights; float32 if not given.
     """
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     p = Path(path).expanduser()
     if not p.exists():
         raise _not_found(p)

@@ -668,6 +668,12 @@ def cross_check(cfg: Mapping[str, Any]) -> list[Problem]:
         which = "color_aug" if cfg["color_aug"] else "random_crop"
         out.append(Problem(which, "changes the image every step, so latents will not be cached (slower)", True,
                            "warning"))
+    sampling = cfg["sample_every_n_steps"] or cfg["sample_every_n_epochs"] or cfg["sample_at_first"]
+    prompts = [ln for ln in str(cfg["sample_prompts"] or "").splitlines()
+               if ln.strip() and not ln.lstrip().startswith("#")]
+    if sampling and not prompts:
+        out.append(Problem("sample_prompts", "sampling is on but there are no sample prompts, so no samples will be "
+                           "made; write one prompt per line, or set the sample intervals to 0", "", "warning"))
     if cfg["model_family"] == "sdxl" and cfg["v_parameterization"]:
         pass  # v-pred SDXL finetunes exist; allowed
     if cfg["mixed_precision"] == "fp16" and cfg["model_family"] == "sdxl" and not cfg["sdxl_no_half_vae"]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QSize, Qt, QThreadPool, QTimer, Signal
-from PySide6.QtGui import QKeySequence, QPixmap, QUndoCommand
+from PySide6.QtGui import QColor, QKeySequence, QPainter, QPixmap, QUndoCommand
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QFrame, QGridLayout, QHBoxLayout, QLabel,
                                QLayout, QLineEdit, QPlainTextEdit, QPushButton, QScrollArea, QSizePolicy,
                                QSplitter, QToolButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
@@ -442,18 +442,26 @@ class ChipArea(QWidget):
 
 
 class PreviewLabel(QLabel):
-    """Shows a pixmap scaled to fit, keeping its aspect ratio, whatever the label's size."""
+    """Shows a pixmap scaled to fit, keeping its aspect ratio, whatever the label's size. An image shown
+    larger than it is gets a visible mark ("Enlarged 6× — 64×64 px"), and from 2× it is enlarged with
+    nearest-neighbour so that its real pixels show instead of a blur."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self._pixmap: QPixmap | None = None
+        self._actual: tuple[int, int] | None = None   # the image's real size, when the pixmap is the real image
+        self.enlarged = 1.0                           # how much the shown image is enlarged (1.0: not)
+        self.mark_text = ""
         self.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
         self.setMinimumSize(120, 120)
         self.setWordWrap(True)
 
-    def set_image(self, pixmap: QPixmap | None, text: str = "") -> None:
+    def set_image(self, pixmap: QPixmap | None, text: str = "", actual_size: tuple[int, int] | None = None) -> None:
+        """*actual_size*: the image's real (w, h) when *pixmap* is the image itself, not a stand-in thumbnail;
+        only then is an enlargement marked."""
         self._pixmap = pixmap if pixmap is not None and not pixmap.isNull() else None
+        self._actual = actual_size
         if self._pixmap is None:
             self.clear()
             self.setText(text)
@@ -470,10 +478,39 @@ class PreviewLabel(QLabel):
         if self._pixmap is None:
             return
         dpr = self.devicePixelRatioF()
-        scaled = self._pixmap.scaled(self.size() * dpr, Qt.AspectRatioMode.KeepAspectRatio,
-                                     Qt.TransformationMode.SmoothTransformation)
+        fit = self._pixmap.size().scaled(self.size() * dpr, Qt.AspectRatioMode.KeepAspectRatio)
+        factor = 1.0
+        if self._actual and self._actual[0] > 0:
+            factor = fit.width() / dpr / self._actual[0]
+        mode = (Qt.TransformationMode.FastTransformation if factor >= 2 else
+                Qt.TransformationMode.SmoothTransformation)
+        scaled = self._pixmap.scaled(self.size() * dpr, Qt.AspectRatioMode.KeepAspectRatio, mode)
+        self.enlarged = factor if factor > 1.01 else 1.0
+        self.mark_text = ""
+        if self.enlarged > 1.0:
+            w, h = self._actual
+            self.mark_text = f"Enlarged {factor:.1f}× — the image is only {w}×{h} px"
+            self._paint_mark(scaled, self.mark_text, dpr)
         scaled.setDevicePixelRatio(dpr)
         self.setPixmap(scaled)
+
+    def _paint_mark(self, pixmap: QPixmap, text: str, dpr: float) -> None:
+        p = QPainter(pixmap)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        font = self.font()
+        font.setPixelSize(max(10, int(12 * dpr)))
+        font.setBold(True)
+        p.setFont(font)
+        fm = p.fontMetrics()
+        pad = int(6 * dpr)
+        box = fm.boundingRect(text).adjusted(-pad, -pad // 2, pad, pad // 2)
+        box.moveTopLeft(QPoint(pad, pad))
+        p.setPen(Qt.PenStyle.NoPen)
+        p.setBrush(QColor(180, 95, 0, 225))
+        p.drawRoundedRect(box, 4 * dpr, 4 * dpr)
+        p.setPen(QColor("white"))
+        p.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+        p.end()
 
 
 def _section_label(text: str) -> QLabel:
@@ -675,8 +712,8 @@ class CaptionPanel(QWidget):
         else:
             self.reason.hide()
 
-    def set_preview(self, pixmap: QPixmap | None, text: str = "") -> None:
-        self.preview.set_image(pixmap, text)
+    def set_preview(self, pixmap: QPixmap | None, text: str = "", actual_size: tuple[int, int] | None = None) -> None:
+        self.preview.set_image(pixmap, text, actual_size)
 
     def reload_text(self, text: str | None) -> None:
         """The current image's caption changed on disk (undo, redo, a batch edit): show *text*."""
@@ -819,6 +856,7 @@ class BatchPanel(QWidget):
     replace_requested = Signal(str, str, bool, str)      # find, replace, match case, scope
     prefix_requested = Signal(str, bool, str)            # text, as tag, scope
     postfix_requested = Signal(str, bool, str)
+    create_requested = Signal()   # create the caption files the last edit left alone
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -845,8 +883,13 @@ class BatchPanel(QWidget):
         self.result = QLabel(self)
         self.result.setWordWrap(True)
         self.result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        note = QLabel("Only existing caption files are changed; images without one are left alone. "
-                      "Every change can be undone (Ctrl+Z).", self)
+        self.create_button = QPushButton(self)
+        self.create_button.setToolTip("Write a caption file for each of them: the folder's name (e.g. “sks dog”, "
+                                      "what training uses for them now) with the same change applied")
+        self.create_button.hide()
+        self.create_button.clicked.connect(self.create_requested)
+        note = QLabel("Only existing caption files are changed; for images without one you can create it from "
+                      "the folder's name afterwards. Every change can be undone (Ctrl+Z).", self)
         note.setWordWrap(True)
         note.setStyleSheet(MUTED_STYLE)
 
@@ -880,6 +923,7 @@ class BatchPanel(QWidget):
         grid.addWidget(self.as_tag, 8, 1, 1, 2)
         layout.addLayout(grid)
         layout.addWidget(self.result)
+        layout.addWidget(self.create_button, 0, Qt.AlignmentFlag.AlignLeft)
         layout.addWidget(note)
         layout.addStretch(1)
 
@@ -915,6 +959,11 @@ class BatchPanel(QWidget):
         idx = self.scope.findData(keep)
         self.scope.setCurrentIndex(idx if idx >= 0 else 0)
         self.scope.blockSignals(False)
+
+    def offer_create(self, n: int) -> None:
+        """Offer to create caption files for *n* images an edit left alone (0: no offer)."""
+        self.create_button.setText(f"Create captions for these {n:,} images")
+        self.create_button.setVisible(n > 0)
 
     def show_result(self, text: str, error: bool = False) -> None:
         self.result.setText(text)

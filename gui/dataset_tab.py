@@ -155,6 +155,10 @@ class DatasetChecker(QObject):
 
 # --- the tab -------------------------------------------------------------------------------------------------
 
+SOURCE_TRAIN = "train"
+SOURCE_REG = "reg"
+
+
 class DatasetTab(QWidget):
     """Browse a kohya-style image folder and edit its captions."""
 
@@ -162,16 +166,20 @@ class DatasetTab(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._root = ""
+        self._root = ""                # the folder the grid shows: the training or the regularisation folder
+        self._train_root = ""
+        self._reg_root = ""
         self._ext = ".txt"
         self._loaded_key: tuple[str, str] | None = None
         self._folders = []
         self._checking: tuple[int, int] | None = None
         self._batch_running = False
         self.last_batch_result: tuple[int, int, int, int] | None = None  # changed, count, already, no file
+        self._create_offer: list | None = None   # [(ImageItem, transform)] a batch left alone: no caption file
         self._shut = False
         self._state = self._load_state()
         self.wizard: FolderWizardDialog | None = None
+        self.batch_size_source = None   # () -> the Training tab's batch size, for the wizard's step hint
 
         # models, workers
         self.model = ImageListModel(self)
@@ -193,6 +201,11 @@ class DatasetTab(QWidget):
 
     # --- UI -----------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
+        self.source_combo = QComboBox(self)
+        self.source_combo.addItem("Training images", SOURCE_TRAIN)
+        self.source_combo.addItem("Regularisation images", SOURCE_REG)
+        self.source_combo.setToolTip("Browse the training images or the regularisation images")
+        self.source_combo.setVisible(False)   # only when a regularisation folder is set
         self.folder_combo = QComboBox(self)
         self.folder_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.folder_combo.setMinimumContentsLength(14)
@@ -228,6 +241,7 @@ class DatasetTab(QWidget):
 
         top = QHBoxLayout()
         top.setSpacing(8)
+        top.addWidget(self.source_combo)
         self.folder_label = QLabel("Folder:", self)
         top.addWidget(self.folder_label)
         top.addWidget(self.folder_combo)
@@ -341,6 +355,7 @@ class DatasetTab(QWidget):
         self.grid.selectionModel().currentChanged.connect(self._on_current)
         self.grid.activated.connect(self._edit_caption)   # Enter or double-click: type the caption
         self.folder_combo.currentIndexChanged.connect(self._on_folder_changed)
+        self.source_combo.currentIndexChanged.connect(lambda _i: self.show_source(self.source_combo.currentData()))
         self.filter_edit.textChanged.connect(self._filter_timer.start)
         self._filter_timer.timeout.connect(self._apply_filter)
         self._counter_timer.timeout.connect(self._update_counter)
@@ -363,6 +378,7 @@ class DatasetTab(QWidget):
         self.batch_panel.replace_requested.connect(self.replace_in_captions)
         self.batch_panel.prefix_requested.connect(self._on_prefix)
         self.batch_panel.postfix_requested.connect(self._on_postfix)
+        self.batch_panel.create_requested.connect(self.create_missing_captions)
         self.tag_panel.tag_activated.connect(self.filter_edit.setText)
         self.tag_panel.add_to_quick.connect(self.caption_panel.add_quick_tags)
 
@@ -372,8 +388,9 @@ class DatasetTab(QWidget):
 
         Calling it again with the same values does nothing (use :meth:`reload` to re-read the folder).
         """
-        root = str(train_data_dir or "").strip()
+        self._train_root = str(train_data_dir or "").strip()
         ext = normalize_extension(caption_extension)
+        root = self._reg_root if self.source() == SOURCE_REG and self._reg_root else self._train_root
         if (root, ext) == self._loaded_key:
             return
         folder_changed = root != self._root
@@ -381,6 +398,35 @@ class DatasetTab(QWidget):
         self._root, self._ext = root, ext
         if folder_changed:
             self.undo_stack.clear()
+        self._load()
+
+    def set_reg_folder(self, reg_data_dir: str) -> None:
+        """The regularisation folder (empty: none). When set, a switch above the grid browses it."""
+        reg = str(reg_data_dir or "").strip()
+        if reg == self._reg_root:
+            return
+        self._reg_root = reg
+        self.source_combo.setVisible(bool(reg))
+        if self.source() == SOURCE_REG:
+            self.show_source(SOURCE_REG if reg else SOURCE_TRAIN)
+
+    def source(self) -> str:
+        """Which images the grid shows: SOURCE_TRAIN or SOURCE_REG."""
+        return self.source_combo.currentData() or SOURCE_TRAIN
+
+    def show_source(self, which: str) -> None:
+        """Browse the training images or the regularisation images (the same grid, captions and tools)."""
+        which = SOURCE_REG if which == SOURCE_REG and self._reg_root else SOURCE_TRAIN
+        if self.source_combo.currentData() != which:
+            self.source_combo.blockSignals(True)
+            self.source_combo.setCurrentIndex(self.source_combo.findData(which))
+            self.source_combo.blockSignals(False)
+        root = self._reg_root if which == SOURCE_REG else self._train_root
+        if (root, self._ext) == self._loaded_key:
+            return
+        self.flush()
+        self._root = root
+        self.undo_stack.clear()
         self._load()
 
     def flush(self) -> None:
@@ -444,7 +490,13 @@ class DatasetTab(QWidget):
             self.wizard.raise_()
             self.wizard.activateWindow()
             return self.wizard
-        self.wizard = FolderWizardDialog(self, values=self._state.get("wizard", {}))
+        values = dict(self._state.get("wizard", {}))
+        if self.batch_size_source is not None:
+            try:
+                values["train_batch_size"] = int(self.batch_size_source())
+            except (TypeError, ValueError):
+                pass
+        self.wizard = FolderWizardDialog(self, values=values)
         self.wizard.prepared.connect(self._on_prepared)
         self.wizard.open()
         return self.wizard
@@ -602,7 +654,9 @@ class DatasetTab(QWidget):
     def _on_preview(self, path: str, image) -> None:
         item = self.caption_panel.item
         if item is not None and str(item.path) == path:
-            self.caption_panel.set_preview(QPixmap.fromImage(image))
+            # The preview loader never enlarges; the check knows the real size of a large image.
+            real = (item.check.width, item.check.height) if item.check is not None and item.check.width else None
+            self.caption_panel.set_preview(QPixmap.fromImage(image), "", real or (image.width(), image.height()))
 
     def _on_preview_failed(self, path: str, reason: str) -> None:
         item = self.caption_panel.item
@@ -712,10 +766,37 @@ class DatasetTab(QWidget):
             self.batch_panel.show_result("No images in this folder.", error=True)
             return
         changes = [CaptionChange(it.path, it.caption_file, transform=transform, create=False) for it in items]
+        self._submit_batch(changes, what)
+
+    def _submit_batch(self, changes: list, what: tuple) -> None:
+        self._create_offer = None
+        self.batch_panel.offer_create(0)
         self._batch_running = True
         self._set_batch_busy(True)
         self.batch_panel.show_result(f"Working on {len(changes):,} captions…")
         self.store.submit(changes, True, tag=("batch", what, changes))
+
+    def create_missing_captions(self) -> None:
+        """Create the caption files a batch edit left alone: each starts from its folder's name (instance
+        and class, e.g. "sks dog", what training uses for it now) with the same edit applied. Only on
+        the user's click; one undo step."""
+        offer, self._create_offer = self._create_offer, None
+        self.batch_panel.offer_create(0)
+        if not offer or self._batch_running:
+            return
+        self.flush()
+
+        def starting_from(tokens: str, transform):
+            def make(old: str):
+                base = old if old.strip() else tokens
+                new, count = transform(base)
+                return (base if new is None else new), max(1, count)
+            return make
+
+        changes = [CaptionChange(it.path, it.caption_file, transform=starting_from(it.tokens, tr), create=True)
+                   for it, tr in offer if not it.caption_file.exists()]
+        if changes:
+            self._submit_batch(changes, ("create", len(changes)))
 
     def _finish_batch(self, tag, result) -> None:
         _kind, what, changes = tag
@@ -724,7 +805,10 @@ class DatasetTab(QWidget):
         applied = [c for c in changes if c.state == APPLIED]
         unchanged = sum(1 for c in changes if c.state == UNCHANGED)
         missing = sum(1 for c in changes if c.state == MISSING)
-        if what[0] == "replace":
+        if what[0] == "create":
+            label = f"Create {len(applied)} caption files"
+            msg = f"Created {len(applied)} caption file(s) from the folder names."
+        elif what[0] == "replace":
             _k, find, repl = what
             label = f"Replace “{_short(find)}” with “{_short(repl)}” in {len(applied)} captions"
             if applied:
@@ -740,6 +824,10 @@ class DatasetTab(QWidget):
                 msg += f" {unchanged} already had it."
         if missing:
             msg += f" {missing} image(s) without a caption file were left alone."
+            by_path = {str(it.path): it for it in self.model.items()}
+            self._create_offer = [(by_path[str(c.image)], c.transform) for c in changes
+                                  if c.state == MISSING and str(c.image) in by_path]
+            self.batch_panel.offer_create(len(self._create_offer))
         if result.errors:
             msg += f" {len(result.errors)} file(s) could not be changed: {result.errors[0]}"
         if applied:

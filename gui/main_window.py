@@ -176,6 +176,8 @@ class MainWindow(QMainWindow):
         self.form = self.training.form
         self.monitor = MonitorTab(self, engine_fn=engine_fn, plan_fn=plan_fn, config_source=self._config_for_run)
         self.dataset_tab, self.has_dataset_tab = make_dataset_tab(self)
+        if hasattr(self.dataset_tab, "batch_size_source"):
+            self.dataset_tab.batch_size_source = lambda: self.form.fields["train_batch_size"].getter()
         self.tabs = QTabWidget(self)
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.dataset_tab, TAB_TITLES["dataset"])
@@ -456,7 +458,7 @@ class MainWindow(QMainWindow):
         else:
             stem = self.imported_from.stem + "-patina" if self.imported_from else (
                 str(self.form.values().get("output_name") or "lora"))
-            suggestion = str(Path(self._dialog_dir()) / f"{stem}.json")
+            suggestion = str(Path(self._training_folder() or self._dialog_dir()) / f"{stem}.json")
         path, _ = QFileDialog.getSaveFileName(self, "Save the config", suggestion, "Patina config (*.json)")
         if not path:
             return False
@@ -502,6 +504,14 @@ class MainWindow(QMainWindow):
                               "\n".join(f"- {n}" for n in notes))
         else:
             self.statusBar().showMessage(msg, 6000)
+
+    def _training_folder(self) -> str:
+        """The project folder around the image folder (``<training>/img`` → ``<training>``), if it exists."""
+        img = str(self.form.values().get("train_data_dir") or "").strip()
+        if not img:
+            return ""
+        parent = Path(os.path.expanduser(img)).parent
+        return str(parent) if parent.is_dir() and parent != Path(parent.anchor) else ""
 
     def _dialog_dir(self) -> str:
         for d in (self.state.last_dir, str(self.path.parent) if self.path else ""):
@@ -631,6 +641,11 @@ class MainWindow(QMainWindow):
             return
         vals = self.form.values()
         pair = (str(vals.get("train_data_dir") or ""), str(vals.get("caption_extension") or ".txt"))
+        if hasattr(self.dataset_tab, "set_reg_folder"):
+            try:
+                self.dataset_tab.set_reg_folder(str(vals.get("reg_data_dir") or ""))
+            except Exception as exc:  # noqa: BLE001 - a Dataset tab problem must not break the window
+                self.statusBar().showMessage(f"The Dataset tab could not use the regularisation folder: {exc}", 10000)
         if pair == self._dataset_sent:
             return
         self._dataset_sent = pair

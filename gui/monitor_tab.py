@@ -10,15 +10,18 @@ bars, the status line, the log and the sample gallery.
 from __future__ import annotations
 
 import html
+import importlib
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from PySide6.QtCore import QSize, Qt, QTimer, QUrl, Signal, Slot
-from PySide6.QtGui import QDesktopServices, QFont, QIcon, QPixmap
+from PySide6.QtGui import QDesktopServices, QFont, QIcon, QPixmap, QTextDocument
 from PySide6.QtWidgets import (QApplication, QCheckBox, QDialog, QDialogButtonBox, QFrame, QGridLayout, QHBoxLayout,
                                QLabel, QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea,
-                               QSplitter, QTabWidget, QToolButton, QVBoxLayout, QWidget)
+                               QSplitter, QStackedLayout, QTabWidget, QToolButton, QVBoxLayout, QWidget)
 
 from core.errors import PatinaError
 from core.events import EpochEnd, Finished, Log, Metrics, Plan, Progress, Sample, Saved, Status
@@ -34,6 +37,15 @@ START_TEXT = "Start training"
 STOP_TEXT = "Stop training"
 STOPPING_TEXT = "Stopping…"
 CHECKING_TEXT = "Checking…"
+
+
+_COUNT = re.compile(r"(\d+)/(\d+)")
+
+
+def _is_partial_count(ev: Status) -> bool:
+    """A progress line such as "Caching latents 5/16…" that is not the last one."""
+    m = _COUNT.search(ev.text)
+    return bool(m) and ev.phase == "caching" and m.group(1) != m.group(2)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -59,12 +71,16 @@ def plan_rows(plan: Plan) -> list[tuple[str, str]]:
     """The plan as (label, value) lines for the confirm dialog."""
     buckets = ", ".join(f"{k.replace('x', '×')}: {v}" for k, v in sorted(plan.buckets.items(),
                                                                       key=lambda kv: -kv[1])) or "—"
-    images = f"{plan.images}"
+    reg = getattr(plan, "reg_samples", 0)
+    rows = [("Training images", f"{plan.images}")]
     if plan.reg_images:
-        images += f"  (+ {plan.reg_images} regularisation)"
-    return [
-        ("Training images", images),
-        ("Samples per epoch", f"{plan.samples_per_epoch}  (images × repeats)"),
+        rows.append(("Regularisation images", f"{plan.reg_images}  → {reg} reg samples per epoch (cycled to as many "
+                                              "as training samples)" if reg else f"{plan.reg_images}  (not used)"))
+    samples = (f"{plan.samples_per_epoch + reg}  ({plan.samples_per_epoch} train + {reg} reg)" if reg
+               else f"{plan.samples_per_epoch}")
+    rows += [
+        ("Per epoch", getattr(plan, "arithmetic", "") or "—"),
+        ("Samples per epoch", samples),
         ("Batch size × accumulation", f"{plan.batch_size} × {plan.grad_accum}"),
         ("Steps per epoch", f"{plan.steps_per_epoch}"),
         ("Epochs", f"{plan.epochs}"),
@@ -74,6 +90,7 @@ def plan_rows(plan: Plan) -> list[tuple[str, str]]:
         ("Output file", plan.output_path or "—"),
         ("Skipped files", f"{len(plan.skipped)}" if plan.skipped else "none"),
     ]
+    return rows
 
 
 class PlanDialog(QDialog):
@@ -106,6 +123,8 @@ class PlanDialog(QDialog):
                 notes.append(f"&nbsp;&nbsp;{html.escape(str(path))} — {html.escape(str(reason))}")
             if len(plan.skipped) > 20:
                 notes.append(f"&nbsp;&nbsp;… and {len(plan.skipped) - 20} more (see the plan details)")
+        for w in getattr(plan, "warnings", None) or []:
+            notes.append("⚠ " + html.escape(str(w)))
         for w in warnings or []:
             notes.append("⚠ " + html.escape(problem_text(w)))
         if notes:
@@ -136,14 +155,33 @@ class PlanDialog(QDialog):
 _LR_NAMES = {"unet": "UNet", "textencoder": "text encoder", "text_encoder": "text encoder",
              "textencoder1": "text encoder 1", "textencoder2": "text encoder 2"}
 _LR_COLORS = ["#1565c0", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#ef6c00"]
+LOSS_POINT_RGBA = (30, 90, 200, 210)   # per-step loss dots: opaque enough to read at a glance
+LOSS_POINT_SIZE = 6
+LOSS_AVG_COLOR = "#e65100"
+
+
+def _legend_entry(color: str, mark: str, name: str) -> str:
+    return f"<span style='color:{color}; font-size: 12pt'>{mark}</span>&nbsp;{html.escape(name)}"
+
+
+def _chart_title(title: str, entries: list[str]) -> str:
+    """A chart's title with its legend: outside the plotted area, so it never covers a data point."""
+    legend = "&nbsp;&nbsp;&nbsp;".join(entries)
+    return (f"<span style='font-size: 11pt; font-weight: 600'>{title}</span>"
+            + (f"&nbsp;&nbsp;&nbsp;&nbsp;<span style='font-size: 9pt'>{legend}</span>" if legend else ""))
 
 
 class LiveCharts(QWidget):
     """Loss (each step as a point + the moving average as a line) and learning rate per parameter group,
-    both against the step, with epoch boundaries as dashed vertical lines. pyqtgraph is imported on first
-    use so that the window opens fast."""
+    both against the step, with epoch boundaries as dashed vertical lines. Legends sit in the chart titles.
+
+    Until the first step there is no chart, only a short note (no empty axes). pyqtgraph is imported on a
+    pool thread the first time the charts are shown, and the two plots are then built one per event-loop
+    turn, so that opening the Monitor tab never freezes the window."""
 
     REDRAW_MS = 250
+    EMPTY_TEXT = "No run yet.\nThe loss and learning-rate charts appear here from the first training step."
+    WAITING_TEXT = "Waiting for the first training step…\nThe charts appear here as soon as it is done."
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -154,66 +192,109 @@ class LiveCharts(QWidget):
         self.lrs: dict[str, list[float]] = {}
         self.epoch_marks: list[tuple[int, int]] = []
         self._pg = None
-        self._dirty = False
-        self._layout = QHBoxLayout(self)
+        self._ready = False           # both plots built
+        self._loading = False
+        self.lr_lines: dict[str, Any] = {}
+        self._epoch_lines: list[Any] = []
+        self._stack = QStackedLayout(self)
+        self.placeholder = QLabel(self.EMPTY_TEXT, self)
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setWordWrap(True)
+        self.placeholder.setStyleSheet("color: palette(placeholder-text); border: 1px dashed palette(mid);"
+                                       "border-radius: 6px; padding: 24px;")
+        self.plots = QWidget(self)
+        self._layout = QHBoxLayout(self.plots)
         self._layout.setContentsMargins(0, 0, 0, 0)
         self._layout.setSpacing(8)
+        self._stack.addWidget(self.placeholder)
+        self._stack.addWidget(self.plots)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(self.REDRAW_MS)
         self._timer.timeout.connect(self.redraw)
         self.setMinimumHeight(200)
 
+    def showing_plots(self) -> bool:
+        return self._stack.currentWidget() is self.plots
+
+    def set_waiting(self, waiting: bool) -> None:
+        """The note shown before the first step: a run is starting, or none has run yet."""
+        self.placeholder.setText(self.WAITING_TEXT if waiting else self.EMPTY_TEXT)
+
     def showEvent(self, event):  # noqa: N802
-        self.ensure_plots()
+        self.load_async()
         super().showEvent(event)
 
-    def ensure_plots(self) -> None:
-        if self._pg is not None:
+    def load_async(self) -> None:
+        """Import pyqtgraph off the GUI thread, then build the plots (one per event-loop turn)."""
+        if self._ready or self._loading:
             return
-        import pyqtgraph as pg  # noqa: WPS433 - ~0.4 s, only when the charts are first shown
+        self._loading = True
+        if "pyqtgraph" in sys.modules:
+            QTimer.singleShot(0, self._build_next)
+        else:
+            BackgroundCall(importlib.import_module, "pyqtgraph").start(
+                lambda _module: self._build_next(), self._load_failed)
 
-        self._pg = pg
-        pal = self.palette()
-        pg.setConfigOptions(antialias=True, background=pal.color(pal.ColorRole.Base),
-                            foreground=pal.color(pal.ColorRole.Text))
+    def _load_failed(self, exc: BaseException) -> None:
+        self._loading = False
+        self.placeholder.setText(f"The charts cannot be shown: {type(exc).__name__}: {exc}\n"
+                                 "Run the installer again (packaging/install-*) to repair the environment.")
+
+    def ensure_plots(self) -> None:
+        """Build the plots now (blocking); for scripts that render the tab at once."""
+        while not self._ready:
+            self._build_next()
+
+    def _build_next(self) -> None:
+        if self._ready:
+            return
+        if self._pg is None:
+            import pyqtgraph as pg  # noqa: WPS433 - already imported by load_async's pool thread
+
+            self._pg = pg
+            pal = self.palette()
+            pg.setConfigOptions(antialias=True, background=pal.color(pal.ColorRole.Base),
+                                foreground=pal.color(pal.ColorRole.Text))
+        if not hasattr(self, "loss_plot"):
+            self.loss_plot = self._make_plot("Loss", "loss")
+            pg = self._pg
+            pi = self.loss_plot.getPlotItem()
+            pi.setTitle(_chart_title("Loss", [_legend_entry("rgb(%d,%d,%d)" % LOSS_POINT_RGBA[:3], "●", "per step"),
+                                              _legend_entry(LOSS_AVG_COLOR, "━", "moving average")]))
+            self.loss_points = pi.plot([], [], pen=None, symbol="o", symbolSize=LOSS_POINT_SIZE, symbolPen=None,
+                                       symbolBrush=pg.mkBrush(*LOSS_POINT_RGBA))
+            self.loss_line = pi.plot([], [], pen=pg.mkPen(LOSS_AVG_COLOR, width=2.5))
+            self.loss_line.setZValue(10)
+            QTimer.singleShot(0, self._build_next)   # the second plot in the next turn: no long stall
+            return
+        self.lr_plot = self._make_plot("Learning rate", "learning rate")
+        self.lr_plot.getPlotItem().setTitle(_chart_title("Learning rate", []))
+        self._ready = True
+        self._loading = False
+        for step, epoch in self.epoch_marks:
+            self._add_epoch_line(step, epoch)
+        self.redraw()
+
+    def _make_plot(self, title: str, ylabel: str):
+        pg = self._pg
+
         class _Axis(pg.AxisItem):
             def tickStrings(self, values, scale, spacing):  # noqa: N802 - "0.00005", not "5e-05"
                 return [format_number(v * scale) for v in values]
 
-        self.loss_plot = pg.PlotWidget(self, axisItems={"left": _Axis("left")})
-        self.lr_plot = pg.PlotWidget(self, axisItems={"left": _Axis("left")})
-        for plot, title, ylabel in ((self.loss_plot, "Loss", "loss"), (self.lr_plot, "Learning rate", "learning rate")):
-            pi = plot.getPlotItem()
-            pi.setTitle(f"<span style='font-size: 11pt; font-weight: 600'>{title}</span>")
-            pi.setLabel("bottom", "step")
-            pi.setLabel("left", ylabel)
-            pi.showGrid(x=True, y=True, alpha=0.18)
-            pi.getAxis("left").enableAutoSIPrefix(False)
-            pi.setMenuEnabled(False)
-            pi.setDownsampling(auto=True, mode="peak")
-            pi.setClipToView(True)
-            plot.setMinimumWidth(260)
-            self._layout.addWidget(plot, 1)
-        legend_brush = pg.mkBrush(pal.color(pal.ColorRole.Base).red(), pal.color(pal.ColorRole.Base).green(),
-                                  pal.color(pal.ColorRole.Base).blue(), 215)
-        pi = self.loss_plot.getPlotItem()
-        pi.addLegend(offset=(-10, 26), labelTextSize="9pt", brush=legend_brush)
-        self.loss_points = pi.plot([], [], pen=None, symbol="o", symbolSize=4, symbolPen=None,
-                                   symbolBrush=pg.mkBrush(66, 133, 244, 110), name="loss per step")
-        self.loss_line = pi.plot([], [], pen=pg.mkPen("#e65100", width=2), name="moving average")
-        self.lr_plot.getPlotItem().addLegend(offset=(-10, 26), labelTextSize="9pt", brush=legend_brush)
-        self.lr_lines: dict[str, Any] = {}
-        self._epoch_lines: list[Any] = []
-        self._empty_texts = []
-        for plot in (self.loss_plot, self.lr_plot):
-            t = pg.TextItem("No run yet", color=pal.color(pal.ColorRole.PlaceholderText), anchor=(0.5, 0.5))
-            plot.addItem(t)
-            t.setPos(0.5, 0.5)
-            self._empty_texts.append(t)
-        for step, epoch in self.epoch_marks:
-            self._add_epoch_line(step, epoch)
-        self.redraw()
+        plot = pg.PlotWidget(self.plots, axisItems={"left": _Axis("left")})
+        pi = plot.getPlotItem()
+        pi.setLabel("bottom", "step")
+        pi.setLabel("left", ylabel)
+        pi.showGrid(x=True, y=True, alpha=0.18)
+        pi.getAxis("left").enableAutoSIPrefix(False)
+        pi.setMenuEnabled(False)
+        pi.setDownsampling(auto=True, mode="peak")
+        pi.setClipToView(True)
+        plot.setMinimumWidth(260)
+        self._layout.addWidget(plot, 1)
+        return plot
 
     def clear(self) -> None:
         self.steps.clear()
@@ -222,17 +303,14 @@ class LiveCharts(QWidget):
         self.lr_steps.clear()
         self.lrs.clear()
         self.epoch_marks.clear()
-        if self._pg is not None:
+        if self._ready:
             for line in self._epoch_lines:
                 self.loss_plot.removeItem(line[0])
                 self.lr_plot.removeItem(line[1])
             self._epoch_lines.clear()
-            for name, item in self.lr_lines.items():
-                self.lr_plot.getPlotItem().legend.removeItem(item)
+            for item in self.lr_lines.values():
                 self.lr_plot.removeItem(item)
             self.lr_lines.clear()
-            for t in self._empty_texts:
-                t.show()
         self.redraw()
 
     def add_metrics(self, m: Metrics) -> None:
@@ -252,7 +330,7 @@ class LiveCharts(QWidget):
 
     def add_epoch(self, step: int, epoch: int) -> None:
         self.epoch_marks.append((step, epoch))
-        if self._pg is not None:
+        if self._ready:
             self._add_epoch_line(step, epoch)
 
     def _add_epoch_line(self, step: int, epoch: int) -> None:
@@ -266,35 +344,42 @@ class LiveCharts(QWidget):
         self._epoch_lines.append((a, b))
 
     def _schedule(self) -> None:
-        self._dirty = True
         if not self._timer.isActive():
             self._timer.start()
 
     def redraw(self) -> None:
-        self._dirty = False
-        if self._pg is None:
-            return
         has_data = bool(self.steps)
-        for t in self._empty_texts:
-            t.setVisible(not has_data)
+        self._stack.setCurrentWidget(self.plots if has_data and self._ready else self.placeholder)
+        if not self._ready:
+            return
         self.loss_points.setData(self.steps, self.losses)
         self.loss_line.setData(self.steps, self.avg_losses)
+        entries = []
         for i, (group, series) in enumerate(self.lrs.items()):
+            color = _LR_COLORS[i % len(_LR_COLORS)]
             item = self.lr_lines.get(group)
             if item is None:
-                item = self.lr_plot.getPlotItem().plot(
-                    [], [], pen=self._pg.mkPen(_LR_COLORS[i % len(_LR_COLORS)], width=2),
-                    name=_LR_NAMES.get(group.lower(), group),
-                    connect="finite")
+                item = self.lr_plot.getPlotItem().plot([], [], pen=self._pg.mkPen(color, width=2), connect="finite")
                 self.lr_lines[group] = item
             item.setData(self.lr_steps, series)
+            entries.append(_legend_entry(color, "━", _LR_NAMES.get(group.lower(), group)))
+        self.lr_plot.getPlotItem().setTitle(_chart_title("Learning rate", entries))
         if has_data:
             for plot in (self.loss_plot, self.lr_plot):
                 plot.getPlotItem().enableAutoRange()
 
+    def legend_text(self, which: str = "loss") -> str:
+        """The legend (in the chart's title) as plain text."""
+        if not self._ready:
+            return ""
+        plot = self.loss_plot if which == "loss" else self.lr_plot
+        doc = QTextDocument()
+        doc.setHtml(plot.getPlotItem().titleLabel.text)
+        return doc.toPlainText()
+
     def loss_data(self) -> tuple[list, list]:
         """The points the loss chart is drawing (after the next redraw)."""
-        if self._pg is None:
+        if not self._ready:
             return [], []
         x, y = self.loss_points.getData()
         return ([] if x is None else list(x)), ([] if y is None else list(y))
@@ -303,6 +388,7 @@ class LiveCharts(QWidget):
 # --- sample gallery ----------------------------------------------------------------------------------------
 
 THUMB = 150
+ENLARGE_TO = 512     # the enlarge dialog shows a smaller sample at least about this big (nearest-neighbour)
 
 
 def _row_title(epoch: int, step: int) -> str:
@@ -327,15 +413,29 @@ class ImageDialog(QDialog):
         else:
             screen = (parent.screen() if parent is not None else QApplication.primaryScreen()).availableSize()
             limit = QSize(int(screen.width() * 0.8), int(screen.height() * 0.75))
+            self.original_size = (pix.width(), pix.height())
+            self.zoom = 1
             if pix.width() > limit.width() or pix.height() > limit.height():
                 pix = pix.scaled(limit, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+            elif max(pix.width(), pix.height()) < ENLARGE_TO:
+                # A tiny sample (a 64-px test run) is enlarged by a whole factor with nearest-neighbour: its
+                # pixels stay sharp, and it is never smaller than its thumbnail.
+                side = max(pix.width(), pix.height())
+                fits = min(limit.width() // max(1, pix.width()), limit.height() // max(1, pix.height()))
+                self.zoom = max(1, min(-(-ENLARGE_TO // side), fits))
+                if self.zoom > 1:
+                    pix = pix.scaled(pix.width() * self.zoom, pix.height() * self.zoom,
+                                     Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation)
             self.image.setPixmap(pix)
         layout.addWidget(self.image, 1)
         prompt = QLabel(f"<b>Prompt {sample.index + 1}:</b> {html.escape(sample.prompt)}", self)
         prompt.setWordWrap(True)
         prompt.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(prompt)
-        path = QLabel(html.escape(sample.path), self)
+        size_note = ""
+        if getattr(self, "zoom", 1) > 1:
+            size_note = f"  ({self.original_size[0]}×{self.original_size[1]} px, shown {self.zoom}× enlarged)"
+        path = QLabel(html.escape(sample.path + size_note), self)
         path.setStyleSheet("color: palette(placeholder-text);")
         path.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(path)
@@ -729,6 +829,7 @@ class MonitorTab(QWidget):
 
     def _launch(self, cfg: dict, plan: Plan | None) -> None:
         self.reset_view()
+        self.charts.set_waiting(True)
         if plan is not None:
             self.step_bar.setRange(0, max(1, int(plan.total_steps)))
             self.epoch_bar.setRange(0, max(1, int(plan.epochs)))
@@ -751,7 +852,7 @@ class MonitorTab(QWidget):
             lab.setText("—")
 
     def _reset_bars(self, running: bool = False) -> None:
-        for bar, fmt in ((self.step_bar, "step %v / %m"), (self.epoch_bar, "epoch %v / %m")):
+        for bar, fmt in ((self.step_bar, "step %v / %m"), (self.epoch_bar, "epoch 1 of %m")):
             bar.setRange(0, 1)
             bar.setValue(0)
             bar.setTextVisible(True)
@@ -787,13 +888,18 @@ class MonitorTab(QWidget):
         elif isinstance(ev, Progress):
             self.step_bar.setRange(0, max(1, ev.total_steps))
             self.step_bar.setValue(min(ev.step, ev.total_steps))
+            # ev.epoch is the epoch in progress: the bar counts finished epochs (EpochEnd), the text says
+            # which one is running, so step 1 does not read as "epoch 1 complete".
             self.epoch_bar.setRange(0, max(1, ev.total_epochs))
-            self.epoch_bar.setValue(min(ev.epoch, ev.total_epochs))
+            self.epoch_bar.setValue(max(0, min(ev.epoch - 1, ev.total_epochs)))
+            self.epoch_bar.setFormat(f"epoch {ev.epoch} of {ev.total_epochs}")
             self.speed_label.setText(f"{ev.images_per_sec:.2f} img/s")
             self.elapsed_label.setText(format_duration(ev.elapsed_s))
             self.eta_label.setText(format_duration(ev.eta_s) if ev.eta_s is not None else "estimating…")
         elif isinstance(ev, EpochEnd):
             self.charts.add_epoch(ev.step, ev.epoch)
+            self.epoch_bar.setValue(min(ev.epoch, self.epoch_bar.maximum()))
+            self.epoch_bar.setFormat(f"{ev.epoch} of %m epochs done")
             self._log(f"Epoch {ev.epoch} done at step {ev.step}: average loss {ev.avg_loss:.4f}", "info")
         elif isinstance(ev, Sample):
             self.gallery.add_sample(ev)
@@ -805,7 +911,8 @@ class MonitorTab(QWidget):
         elif isinstance(ev, Status):
             if self.state != "stopping" or ev.phase in ("saving", "done"):
                 self.status_label.setText(ev.text)
-            self._log(ev.text, "status")
+            if not _is_partial_count(ev):  # "Caching latents 5/16…" updates the status line, not the log
+                self._log(ev.text, "status")
         elif isinstance(ev, Log):
             self._log(ev.text, ev.level)
         elif isinstance(ev, Plan):
@@ -826,9 +933,13 @@ class MonitorTab(QWidget):
             worker.deleteLater()
         self.last_finished = fin
         self._set_state("idle")
+        self.charts.set_waiting(False)
+        if fin.status != "finished":
+            self.eta_label.setText("—")  # nothing remains of a stopped or failed run
         if fin.status == "finished":
             self.step_bar.setValue(self.step_bar.maximum())
             self.epoch_bar.setValue(self.epoch_bar.maximum())
+            self.epoch_bar.setFormat("%v of %m epochs done")
             out = fin.output or ""
             text = "<b>Training finished.</b> " + html.escape(fin.message or "")
             if out and out not in (fin.message or ""):
@@ -837,7 +948,10 @@ class MonitorTab(QWidget):
             self.banner.show_message("success", text, "Open folder" if out else "", action)
             self.status_label.setText("Finished.")
         elif fin.status == "stopped":
-            text = f"<b>Training stopped at step {fin.step}.</b> " + html.escape(fin.message or "")
+            # The engine's message already says where it stopped; say it once.
+            said = f"step {fin.step}" in (fin.message or "")
+            text = ("<b>Training stopped.</b> " if said else f"<b>Training stopped at step {fin.step}.</b> ") \
+                + html.escape(fin.message or "")
             if fin.output and fin.output not in (fin.message or ""):
                 text += f"<br>Saved {html.escape(fin.output)}"
             out = fin.output or ""

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFormLayout, QFrame, Q
                                QPushButton, QSizePolicy, QVBoxLayout)
 
 from core.dataset.images import is_image_name
+from core.dataset.summary import epoch_arithmetic
 from core.dataset.wizard import prepare_folders
 from core.errors import PatinaError
 from gui.widgets import ERROR_COLOR, NoWheelSpinBox, PathEdit
@@ -138,6 +139,13 @@ class FolderWizardDialog(QDialog):
         self.reg_repeats.valueChanged.connect(self._update_plan)
         self.images.editingFinished.connect(self._update_count)
         self.repeats.valueChanged.connect(self._update_count)
+        self.reg_images.editingFinished.connect(self._update_count)
+        self.reg_repeats.valueChanged.connect(self._update_count)
+        self.batch_size = 1
+        try:
+            self.batch_size = max(1, int((values or {}).get("train_batch_size", 1)))
+        except (TypeError, ValueError):
+            pass
         self._image_count: int | None = None
         self.set_values(values or {})
 
@@ -167,12 +175,16 @@ class FolderWizardDialog(QDialog):
         folder = self.images.text().strip()
         self._image_count = _count_images(folder) if folder else None
         n, r = self._image_count, self.repeats.value()
+        reg_folder = self.reg_images.text().strip()
+        reg_n = (_count_images(reg_folder) or 0) if reg_folder else 0
         if n is None:
             self.repeats_hint.setText("Each image is trained this many times per epoch.")
         elif n == 0:
             self.repeats_hint.setText("That folder has no PNG, JPEG, WebP or BMP images.")
         else:
-            self.repeats_hint.setText(f"{n} images × {r} = {n * r:,} steps per epoch at batch size 1.")
+            # The same arithmetic as the plan dialog and `patina dataset check` (before bucketing).
+            text = epoch_arithmetic([(n, r)], reg_n * self.reg_repeats.value(), self.batch_size).text
+            self.repeats_hint.setText(text + ".")
 
     def _update_plan(self) -> None:
         dest = self.dest.text().strip()

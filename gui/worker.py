@@ -12,6 +12,10 @@ Nothing here imports torch or the engine at module level.
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
+import os
+import sys
 import traceback
 from typing import Any, Callable
 
@@ -36,8 +40,37 @@ def _engine_function(name: str, doing: str):
     return getattr(engine, name)
 
 
+def preload_torch_libraries() -> bool:
+    """Load torch's native libraries with the GIL released, before ``import torch``.
+
+    Python holds the GIL while an extension module's shared libraries are loaded, and torch's take most
+    of a second (seconds on a busy machine): imported on a worker thread, that still freezes the window.
+    ``dlopen`` called through ctypes releases the GIL; the import that follows finds the libraries
+    already loaded. Best effort: on any problem the normal import does the loading. Linux only."""
+    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    try:
+        spec = importlib.util.find_spec("torch")
+        if spec is None or not spec.origin:
+            return False
+        lib = os.path.join(os.path.dirname(spec.origin), "lib")
+        libc = ctypes.CDLL(None)
+        libc.dlopen.restype = ctypes.c_void_p
+        libc.dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        ok = True
+        # The same modes torch uses: its global deps globally, the rest local to what links them.
+        for name, mode in (("libtorch_global_deps.so", os.RTLD_GLOBAL), ("libtorch_python.so", os.RTLD_LOCAL)):
+            path = os.path.join(lib, name)
+            if os.path.exists(path):
+                ok = bool(libc.dlopen(path.encode(), os.RTLD_NOW | mode)) and ok
+        return ok
+    except Exception:  # noqa: BLE001 - purely an optimisation
+        return False
+
+
 def default_train(cfg: dict, emit, commands: Commands, *, resume: str | None = None) -> Finished:
     """The real engine; called inside the worker thread."""
+    preload_torch_libraries()
     return _engine_function("train", "training cannot start")(cfg, emit, commands, resume=resume)
 
 
@@ -150,9 +183,16 @@ class BackgroundCall(QRunnable):
         try:
             value = self.fn(*self.args)
         except BaseException as exc:  # noqa: BLE001 - reported to the GUI thread
-            self.relay._error.emit(exc)
+            self._report(self.relay._error, exc)
             return
-        self.relay._result.emit(value)
+        self._report(self.relay._result, value)
+
+    @staticmethod
+    def _report(signal, value) -> None:
+        try:
+            signal.emit(value)
+        except RuntimeError:
+            pass  # the application is closing and the relay is gone: nobody is waiting for the answer
 
     def start(self, on_result: Callable[[Any], None] | None = None,
               on_error: Callable[[BaseException], None] | None = None) -> "BackgroundCall":

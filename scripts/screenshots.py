@@ -50,12 +50,15 @@ def _feed_demo_run(monitor, folder: Path) -> None:
     rnd = random.Random(7)
     total, epochs = 600, 3
     out = folder / "sks-dog.safetensors"
-    plan = Plan(images=24, reg_images=0, samples_per_epoch=240, steps_per_epoch=200, epochs=epochs,
-                total_steps=total, batch_size=1, grad_accum=1, buckets={"512x512": 14, "512x768": 6, "768x512": 4},
+    from core.dataset.summary import epoch_arithmetic
+
+    arithmetic = epoch_arithmetic([(20, 10)], batch_size=1).text
+    plan = Plan(images=20, reg_images=0, samples_per_epoch=200, steps_per_epoch=200, epochs=epochs,
+                total_steps=total, batch_size=1, grad_accum=1, buckets={"512x512": 12, "512x768": 5, "768x512": 3},
                 skipped=[], output_path=str(out), family="sd1",
-                text="24 images in 1 folder (10_sks dog: 24 × 10 repeats = 240 samples)\n"
-                     "batch 1 × accumulation 1 → 200 steps per epoch × 3 epochs = 600 steps\n"
-                     "buckets: 512×512 ×14, 512×768 ×6, 768×512 ×4")
+                text=f"Training plan\n\n  10_sks dog: 20 images × 10 repeats = 200 samples\n  Per epoch: {arithmetic}\n"
+                     "  Epochs: 3   Total steps: 600\n  Buckets: 512x512 (12), 512x768 (5), 768x512 (3)",
+                arithmetic=arithmetic)
     monitor.reset_view()
     monitor._set_state("running")
     monitor.handle_event(Status("loading", "Loading the model…"))
@@ -77,10 +80,35 @@ def _feed_demo_run(monitor, folder: Path) -> None:
                 img = _demo_image(folder / f"e{epoch}_{i}.png", 25 + 70 * i, epoch)
                 monitor.handle_event(Sample(img, prompt, i, step, epoch))
             monitor.handle_event(Saved(str(out.with_name(f"sks-dog-{epoch:06d}.safetensors")), "lora", step, epoch))
-    monitor.handle_event(Log("caching latents: 24/24 done", "info"))
+    monitor.handle_event(Status("caching", "Caching latents 20/20…"))
     monitor.handle_event(Progress(step_now, total, 3, epochs, 3.42, step_now / 3.42, (total - step_now) / 3.42))
     monitor.handle_event(Status("training", f"Training — epoch 3 of 3, step {step_now} of {total}"))
     monitor.charts.redraw()
+
+
+def _stop_demo_run(monitor, folder: Path) -> None:
+    """The demo run, stopped by the user at its current step."""
+    from PySide6.QtWidgets import QApplication
+
+    from core.events import Finished, Saved, Status
+
+    out = folder / "sks-dog.safetensors"
+    monitor._set_state("stopping")
+    monitor.handle_event(Status("saving", "Saving what was trained…"))
+    monitor.handle_event(Saved(str(out), "lora", 430, 3))
+    monitor._on_done(Finished("stopped", f"Stopped at step 430 of 600. The LoRA so far is saved as {out}; "
+                                         f"continue later from {folder / 'sks-dog-state'}.", str(out), 430))
+    QApplication.processEvents()
+
+
+def _small_png(src: Path, dest: Path) -> None:
+    """A copy for the docs: 256-colour PNG (a screenshot has few colours), well under 200 KB."""
+    from PIL import Image
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as im:
+        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            dest, optimize=True)
 
 
 def _find_wizard(window):
@@ -105,6 +133,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "screenshots"), help="output folder (default: screenshots/)")
     ap.add_argument("--size", default="1280x800", help="window size WxH (default 1280x800)")
+    ap.add_argument("--docs", action="store_true",
+                    help="also write the Monitor screenshots that docs/screenshots.md shows into docs/screenshots/")
     args = ap.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
     out = Path(args.out)
@@ -177,12 +207,20 @@ def main(argv=None) -> int:
     win._mark_clean()
 
     win.select_tab("monitor")
+    deadline = time.time() + 15
+    while not win.monitor.charts._ready and time.time() < deadline:  # pyqtgraph loads in the background
+        QApplication.processEvents()
+        time.sleep(0.02)
     shot("monitor-idle")
     _feed_demo_run(win.monitor, tmp)
     shot("monitor-run")
     plan = win.monitor.last_plan
     dialog_shot("plan-dialog", PlanDialog(plan, [], win))
-    win.monitor._set_state("idle")
+    _stop_demo_run(win.monitor, tmp)
+    shot("monitor-stopped")
+    if args.docs:
+        for name in ("monitor-idle", "monitor-run", "monitor-stopped"):
+            _small_png(out / f"{name}.png", ROOT / "docs" / "screenshots" / f"{name}.png")
 
     wizard = _find_wizard(win)
     if wizard is not None:

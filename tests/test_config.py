@@ -298,3 +298,17 @@ def test_cli_refuses_to_overwrite_its_input(tmp_path, capsys):
     src = write(tmp_path / "k.json", KOHYA_LEGACY)
     assert cli(["config", "import-kohya", str(src), str(src)]) == 2
     assert json.loads(src.read_text()) == KOHYA_LEGACY
+
+
+def test_sampling_without_prompts_is_a_warning():
+    def warnings_for(**over):
+        cfg = defaults()
+        cfg.update(over)
+        _, problems = params.check_values(cfg)
+        return [p for p in problems if p.key == "sample_prompts"]
+
+    assert warnings_for() == []  # sampling off by default
+    found = warnings_for(sample_every_n_epochs=1, sample_prompts="# only a comment\n\n")
+    assert len(found) == 1 and found[0].severity == "warning" and "no sample prompts" in found[0].message
+    assert warnings_for(sample_at_first=True, sample_prompts="") != []
+    assert warnings_for(sample_every_n_steps=50, sample_prompts="a dog") == []

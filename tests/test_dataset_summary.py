@@ -53,7 +53,9 @@ def test_summary_reg_doubles_steps(dataset, tmp_path):
     assert any("only 40 of 100 regularisation samples" in w for w in s.warnings)
     assert s.reg_buckets == {(64, 64): 100}
     text = format_summary(s)
-    assert "reg 1_dog" in text and "steps × 2" in text
+    assert "reg 1_dog" in text and "Samples per epoch: 80  (40 train + 40 reg)" in text
+    # the same arithmetic as the plan dialog and the wizard (core.dataset.summary.EpochArithmetic)
+    assert s.arithmetic.text in text and " = 40 train + 40 reg = 80 samples / batch 4 / accumulation 3" in text
 
 
 def test_summary_buckets_and_small_bucket_warning(dataset):
@@ -118,3 +120,28 @@ def test_format_summary_table_is_aligned(dataset):
 def test_summary_rejects_bad_settings(dataset, kwargs, message):
     with pytest.raises(PatinaError, match=message):
         summarize(scan_dataset(dataset), **kwargs)
+
+
+def test_epoch_arithmetic_reads_the_same_everywhere():
+    from core.dataset.summary import epoch_arithmetic
+
+    a = epoch_arithmetic([(16, 10)], reg_samples_available=4, batch_size=2)
+    assert a.text == "16 images × 10 repeats = 160 train + 160 reg = 320 samples / batch 2 = 160 steps per epoch"
+    assert (a.train_samples, a.reg_samples, a.total_samples, a.steps_per_epoch) == (160, 160, 320, 160)
+    a = epoch_arithmetic([(16, 10), (4, 5)], batch_size=2, grad_accum=2)
+    assert a.text == ("16 images × 10 repeats + 4 images × 5 repeats = 180 samples / batch 2 / accumulation 2 "
+                      "= 45 steps per epoch")
+    a = epoch_arithmetic([(3, 1)], batch_size=2, steps=3)  # bucketed: 3 buckets of one image each
+    assert a.text.endswith("→ 3 steps per epoch (each batch holds one bucket's images)")
+
+
+def test_images_smaller_than_their_bucket_are_reported(tmp_path):
+    factory.concept(tmp_path / "img", "2_toy", count=2, size=(64, 64))
+    factory.concept(tmp_path / "img", "2_big", count=1, size=(512, 512))
+    s = summarize(scan_dataset(tmp_path / "img", min_size=64), resolution=(512, 512), min_bucket_reso=64,
+                  bucket_no_upscale=False)
+    assert any("2 image(s) are smaller than their bucket and will be enlarged" in w and "64×64 → 512×512" in w
+               for w in s.warnings)
+    s = summarize(scan_dataset(tmp_path / "img", min_size=64), resolution=(512, 512), min_bucket_reso=64,
+                  bucket_no_upscale=True)
+    assert not any("smaller than their bucket" in w for w in s.warnings)  # each keeps its own size

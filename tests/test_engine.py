@@ -254,6 +254,15 @@ def test_latent_disk_cache_is_reused_and_never_stale(sd1_dir, data, tmp_path, mo
     assert len({p.name for p in cache.iterdir()} - first) == 1  # the changed image got a new entry
 
 
+def test_caching_reports_its_progress_up_to_the_last_image(sd1_dir, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "CACHE_PROGRESS_S", 0.0)  # every batch of the VAE reports
+    ev = Collector()
+    assert train(tiny_cfg(sd1_dir, data, tmp_path / "out", max_train_steps=1, vae_batch_size=1), ev).status == "finished"
+    counts = [re.search(r"Caching latents (\d+)/(\d+)", s.text) for s in ev.of(E.Status) if s.phase == "caching"]
+    counts = [(int(m[1]), int(m[2])) for m in counts if m]
+    assert counts == [(k, 6) for k in range(1, 7)]  # 1/6 … 6/6, not stuck at 1/6
+
+
 def test_continue_from_network_weights_with_rank_from_the_file(sd1_dir, data, tmp_path):
     from core.lora_io import read_lora
 

@@ -484,3 +484,97 @@ def test_copying_a_dataset_keeps_thumbnails_separate(qtbot, make_tab, tmp_path):
     qtbot.waitUntil(lambda: tab.model._pixmaps.get(str(e2)) is not None, timeout=5000)
     c2 = tab.model._pixmaps[str(e2)].toImage().pixelColor(5, 5)
     assert (c1.red(), c1.green()) != (c2.red(), c2.green())
+
+
+# --- first contact ------------------------------------------------------------------------------------------
+
+def test_batch_edit_offers_to_create_missing_captions_only_on_request(qtbot, make_tab, tmp_path):
+    img = dataset(tmp_path)
+    dog, cat = img / "10_sks dog", img / "2_cat"
+    fac.save(cat / "f.png")   # a second uncaptioned image, in the other folder
+    before = image_hashes(tmp_path)
+    tab = make_tab()
+    tab.set_dataset(str(img), ".txt")
+    panel = tab.batch_panel
+    tab.add_to_captions("best quality", True, SCOPE_ALL, at_start=True)
+    wait_batch(qtbot, tab)
+    assert tab.last_batch_result[3] == 2
+    # offered, not done: nothing is created until the user clicks
+    assert panel.create_button.isVisibleTo(panel) and "2 images" in panel.create_button.text()
+    assert not (dog / "d.txt").exists() and not (cat / "f.txt").exists()
+    qtbot.mouseClick(panel.create_button, Qt.MouseButton.LeftButton)
+    wait_batch(qtbot, tab)
+    # each starts from its folder's name (what training used for it), with the same edit applied
+    assert (dog / "d.txt").read_text(encoding="utf-8") == "best quality, sks dog"
+    assert (cat / "f.txt").read_text(encoding="utf-8") == "best quality, cat"
+    assert "Created 2 caption file(s)" in panel.result.text()
+    assert not panel.create_button.isVisibleTo(panel)
+    tab.undo()   # one step removes the created files again
+    wait_file(qtbot, dog / "d.txt", None)
+    wait_file(qtbot, cat / "f.txt", None)
+    assert image_hashes(tmp_path) == before
+
+
+def test_find_replace_offer_creates_folder_captions(qtbot, make_tab, tmp_path):
+    img = dataset(tmp_path)
+    dog = img / "10_sks dog"
+    tab = make_tab()
+    tab.set_dataset(str(img), ".txt")
+    select(qtbot, tab, dog / "a.png")
+    tab.replace_in_captions("sks", "ohwx", scope=SCOPE_FOLDER)
+    wait_batch(qtbot, tab)
+    assert tab.batch_panel.create_button.isVisibleTo(tab.batch_panel)
+    tab.create_missing_captions()
+    wait_batch(qtbot, tab)
+    assert (dog / "d.txt").read_text(encoding="utf-8") == "ohwx dog"
+
+
+def test_regularisation_images_can_be_browsed(qtbot, make_tab, tmp_path):
+    img = dataset(tmp_path)
+    reg = tmp_path / "reg"
+    for name in ("r1", "r2", "r3"):
+        fac.save(reg / "1_dog" / f"{name}.png")
+    tab = make_tab()
+    tab.set_dataset(str(img), ".txt")
+    assert not tab.source_combo.isVisibleTo(tab)   # no reg folder: no switch
+    tab.set_reg_folder(str(reg))
+    assert tab.source_combo.isVisibleTo(tab)
+    assert tab.model.rowCount() == 5
+    tab.source_combo.setCurrentIndex(tab.source_combo.findData("reg"))
+    qtbot.waitUntil(lambda: tab.model.rowCount() == 3, timeout=3000)
+    assert {it.path.name for it in tab.model.items()} == {"r1.png", "r2.png", "r3.png"}
+    assert "1_dog" in tab.folder_combo.itemText(1)
+    tab.set_dataset(str(img), ".txt")  # the window re-sends the same training folder: the reg view stays
+    assert tab.model.rowCount() == 3
+    tab.show_source("train")
+    assert tab.model.rowCount() == 5
+
+
+def test_small_images_are_marked_as_enlarged_in_the_preview(qtbot, make_tab, tmp_path):
+    img = dataset(tmp_path)   # 40×30 images
+    tab = make_tab()
+    tab.set_dataset(str(img), ".txt")
+    select(qtbot, tab, img / "10_sks dog" / "a.png")
+    preview = tab.caption_panel.preview
+    qtbot.waitUntil(lambda: preview.enlarged > 1.0, timeout=5000)
+    assert "40×30 px" in preview.mark_text and "Enlarged" in preview.mark_text
+    assert preview.pixmap().width() > 40
+
+
+def test_wizard_step_hint_counts_reg_images_and_the_batch_like_the_plan(qtbot, make_tab, tmp_path):
+    from core.dataset.summary import epoch_arithmetic
+    src, reg = tmp_path / "photos", tmp_path / "reg_src"
+    for i in range(3):
+        fac.save(src / f"p{i}.jpg", size=(64, 48))
+    fac.save(reg / "r0.png")
+    tab = make_tab()
+    tab.batch_size_source = lambda: 2
+    dlg = tab.open_wizard()
+    dlg.images.setText(str(src))
+    dlg.repeats.setValue(20)
+    dlg.reg_images.setText(str(reg))
+    dlg.reg_images.editingFinished.emit()
+    expected = "3 images × 20 repeats = 60 train + 60 reg = 120 samples / batch 2 = 60 steps per epoch"
+    assert dlg.repeats_hint.text() == expected + "."
+    assert epoch_arithmetic([(3, 20)], 1, 2).text == expected   # the one function the plan dialog uses too
+    dlg.reject()

@@ -293,3 +293,29 @@ def test_gui_modules_import_and_open_without_torch(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "HEAVY []" in r.stdout
     assert "PYQTGRAPH False" in r.stdout  # the charts load when the Monitor tab is first shown
+
+
+def test_save_as_suggests_the_training_folder_not_home(win, tmp_path, monkeypatch):
+    project = tmp_path / "sks-dog"
+    (project / "img" / "10_sks dog").mkdir(parents=True)
+    w = win
+    w.state.last_dir = ""
+    w.form.set_values({"train_data_dir": str(project / "img"), "output_name": "sks-dog"})
+    offered = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda parent, title, suggestion, *a, **k: offered.append(suggestion) or ("", "")))
+    assert not w.save_as()
+    assert offered == [str(project / "sks-dog.json")]   # next to img/, where the wizard put model/ and log/
+
+
+def test_dataset_tab_gets_the_reg_folder_and_the_batch_size(qtbot, reports, monkeypatch, tmp_path):
+    from gui.dataset_tab import DatasetTab
+    w = MainWindow(restore_session=False, detect_family=False)
+    qtbot.addWidget(w)
+    assert isinstance(w.dataset_tab, DatasetTab)
+    w.form.set_values({"train_data_dir": str(tmp_path / "img"), "reg_data_dir": str(tmp_path / "reg"),
+                       "train_batch_size": 3})
+    w.sync_dataset_tab()
+    assert w.dataset_tab._reg_root == str(tmp_path / "reg") and w.dataset_tab.source_combo.isVisibleTo(w.dataset_tab)
+    assert w.dataset_tab.batch_size_source() == 3
+    w.dataset_tab.shutdown()

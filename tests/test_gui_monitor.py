@@ -355,3 +355,103 @@ def test_missing_engine_is_a_message(monkeypatch):
         default_plan({})
     with pytest.raises(PatinaError, match="training cannot start"):
         default_train({}, print, None)
+
+
+# --- first contact: what the Monitor shows before, during and after a run --------------------------------
+
+def _metrics(step, loss=0.2):
+    return Metrics(step=step, epoch=1, loss=loss, avg_loss=loss, lrs={"unet": 1e-4, "textencoder": 5e-5})
+
+
+def test_charts_before_the_first_step_are_a_note_not_empty_axes(qtbot, make_monitor, tmp_path):
+    m = make_monitor(FakeEngine(tmp_path))
+    qtbot.waitUntil(lambda: m.charts._ready, timeout=20000)  # pyqtgraph loads in the background
+    assert not m.charts.showing_plots() and m.charts.placeholder.isVisible()
+    assert "No run yet" in m.charts.placeholder.text()
+    m.handle_event(_metrics(1))
+    m.charts.redraw()
+    assert m.charts.showing_plots() and not m.charts.placeholder.isVisible()
+    m.charts.clear()
+    assert not m.charts.showing_plots()
+
+
+def test_legends_are_outside_the_plotted_area_and_the_dots_are_visible(qtbot, make_monitor, tmp_path):
+    m = make_monitor(FakeEngine(tmp_path))
+    m.charts.ensure_plots()
+    for step in range(1, 30):
+        m.handle_event(_metrics(step, 1.0 / step))
+    m.charts.redraw()
+    for plot in (m.charts.loss_plot, m.charts.lr_plot):
+        assert plot.getPlotItem().legend is None  # no legend box inside the view, over the newest points
+    assert "per step" in m.charts.legend_text("loss") and "moving average" in m.charts.legend_text("loss")
+    assert "UNet" in m.charts.legend_text("lr") and "text encoder" in m.charts.legend_text("lr")
+    opts = m.charts.loss_points.opts
+    assert opts["symbolSize"] >= 5 and opts["symbolBrush"].color().alpha() >= 180
+
+
+def test_epoch_bar_counts_finished_epochs_not_the_one_in_progress(qtbot, make_monitor, tmp_path):
+    m = make_monitor(FakeEngine(tmp_path))
+    m.handle_event(Progress(step=1, total_steps=30, epoch=1, total_epochs=3, images_per_sec=2.0, elapsed_s=1,
+                            eta_s=60))
+    assert m.epoch_bar.value() == 0 and m.epoch_bar.text() == "epoch 1 of 3"
+    m.handle_event(EpochEnd(epoch=1, step=10, avg_loss=0.1))
+    assert m.epoch_bar.value() == 1 and "1 of 3 epochs done" in m.epoch_bar.text()
+    m.handle_event(Progress(step=11, total_steps=30, epoch=2, total_epochs=3, images_per_sec=2.0, elapsed_s=2,
+                            eta_s=50))
+    assert m.epoch_bar.value() == 1 and m.epoch_bar.text() == "epoch 2 of 3"
+
+
+def test_after_stop_nothing_remains_and_the_banner_says_the_step_once(qtbot, make_monitor, tmp_path):
+    m = make_monitor(FakeEngine(tmp_path))
+    m.reset_view()
+    m._set_state("running")
+    m.handle_event(Progress(step=21, total_steps=960, epoch=1, total_epochs=10, images_per_sec=1.0, elapsed_s=30,
+                            eta_s=10335))
+    assert m.eta_label.text() == "2:52:15"
+    m._set_state("stopping")
+    m._on_done(Finished("stopped", "Stopped at step 21 of 960. The LoRA so far is saved as /o/dog.safetensors.",
+                        "/o/dog.safetensors", 21))
+    assert m.eta_label.text() == "—"
+    assert m.banner.text().count("step 21") == 1 and "stopped" in m.banner.text().lower()
+
+
+def test_caching_progress_updates_the_status_line_without_flooding_the_log(qtbot, make_monitor, tmp_path):
+    m = make_monitor(FakeEngine(tmp_path))
+    for k in (1, 5, 16):
+        m.handle_event(Status("caching", f"Caching latents {k}/16…"))
+        assert m.status_label.text() == f"Caching latents {k}/16…"
+    log = m.log.toPlainText()
+    assert "16/16" in log and "5/16" not in log
+
+
+def test_plan_dialog_shows_train_and_reg_samples_and_the_arithmetic(qtbot, tmp_path):
+    plan = Plan(images=16, reg_images=4, samples_per_epoch=160, steps_per_epoch=160, epochs=1, total_steps=160,
+                batch_size=2, grad_accum=1, buckets={"512x512": 20}, skipped=[], output_path="/o/x.safetensors",
+                family="sd1", text="", reg_samples=160,
+                arithmetic="16 images × 10 repeats = 160 train + 160 reg = 320 samples / batch 2 = 160 steps per epoch",
+                warnings=["2 image(s) are smaller than their bucket and will be enlarged"])
+    dlg = PlanDialog(plan)
+    qtbot.addWidget(dlg)
+    rows = dict(mt.plan_rows(plan))
+    assert rows["Samples per epoch"] == "320  (160 train + 160 reg)"
+    assert rows["Per epoch"].startswith("16 images × 10 repeats = 160 train + 160 reg")
+    assert "160 reg samples per epoch" in rows["Regularisation images"]
+    texts = " ".join(lab.text() for lab in dlg.findChildren(mt.QLabel))
+    assert "smaller than their bucket" in texts
+
+
+def test_enlarging_a_tiny_sample_scales_it_up_sharply(qtbot, tmp_path):
+    img = QImage(64, 64, QImage.Format.Format_RGB32)
+    img.fill(QColor(10, 10, 10))
+    for x in range(0, 64, 2):
+        for y in range(64):
+            img.setPixelColor(x, y, QColor(250, 250, 250))   # 1-px stripes: blurred by smooth scaling
+    path = tmp_path / "s.png"
+    img.save(str(path))
+    dlg = mt.ImageDialog(Sample(str(path), "sks toy", 0, 4, 1))
+    qtbot.addWidget(dlg)
+    shown = dlg.image.pixmap().toImage()
+    assert shown.width() >= 512 and shown.width() > mt.THUMB  # never smaller than its thumbnail
+    assert dlg.zoom == shown.width() // 64
+    values = {shown.pixelColor(x, 10).red() for x in range(shown.width())}
+    assert values <= {10, 250}  # nearest-neighbour: only the two original values, no blur

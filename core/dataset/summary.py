@@ -48,6 +48,7 @@ class DatasetSummary:
     min_bucket_reso: int
     buckets: dict[Size, int]        # training images per bucket
     reg_buckets: dict[Size, int]
+    arithmetic: EpochArithmetic | None = None
     bucket_warnings: list[str] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
     too_small: list[ImageEntry] = field(default_factory=list)
@@ -65,6 +66,77 @@ class DatasetSummary:
     @property
     def trainable(self) -> bool:
         return self.samples_per_epoch > 0
+
+
+@dataclass(frozen=True)
+class EpochArithmetic:
+    """How one epoch's steps come about, the same in the plan dialog, ``patina dataset check`` and the
+    folder wizard: training folders (images × repeats) give the training samples, regularisation adds as
+    many samples again, and the batch size (and gradient accumulation) turn samples into steps."""
+
+    folders: tuple[tuple[int, int], ...]   # (images, repeats) of each training folder
+    train_samples: int
+    reg_samples: int                       # regularisation samples used per epoch (0 without reg images)
+    batch_size: int
+    grad_accum: int
+    steps_per_epoch: int
+
+    @property
+    def total_samples(self) -> int:
+        return self.train_samples + self.reg_samples
+
+    @property
+    def simple_steps(self) -> int:
+        """Steps if every batch were full: ``ceil(ceil(samples / batch) / accumulation)``."""
+        return math.ceil(math.ceil(self.total_samples / self.batch_size) / self.grad_accum)
+
+    @property
+    def text(self) -> str:
+        """e.g. ``16 images × 10 repeats = 160 train + 160 reg = 320 samples / batch 2 = 160 steps per epoch``."""
+        parts = [f"{n:,} image{'s' if n != 1 else ''} × {r:,} repeat{'s' if r != 1 else ''}"
+                 for n, r in self.folders if n and r] or ["0 images"]
+        line = " + ".join(parts)
+        if self.reg_samples:
+            line += (f" = {self.train_samples:,} train + {self.reg_samples:,} reg = {self.total_samples:,} samples")
+        else:
+            line += f" = {self.train_samples:,} samples"
+        line += f" / batch {self.batch_size}"
+        if self.grad_accum > 1:
+            line += f" / accumulation {self.grad_accum}"
+        if self.steps_per_epoch == self.simple_steps:
+            return line + f" = {self.steps_per_epoch:,} steps per epoch"
+        # Every batch holds the images of one bucket, so a bucket's last batch may be short.
+        return line + f" → {self.steps_per_epoch:,} steps per epoch (each batch holds one bucket's images)"
+
+
+def epoch_arithmetic(folders, reg_samples_available: int = 0, batch_size: int = 1, grad_accum: int = 1,
+                     steps: int | None = None) -> EpochArithmetic:
+    """The arithmetic from counts: *folders* are the training folders' ``(images, repeats)``; regularisation
+    samples are cycled to as many as training samples when any are available. *steps* is the real step
+    count where it is known (bucketed batches), else the simple one."""
+    folders = tuple((int(n), int(r)) for n, r in folders)
+    train = sum(n * r for n, r in folders)
+    reg = train if reg_samples_available > 0 and train > 0 else 0
+    a = EpochArithmetic(folders, train, reg, max(1, int(batch_size)), max(1, int(grad_accum)), 0)
+    return EpochArithmetic(a.folders, train, reg, a.batch_size, a.grad_accum,
+                           a.simple_steps if steps is None else int(steps))
+
+
+def scan_arithmetic(scan: DatasetScan, batch_size: int, grad_accum: int, steps: int) -> EpochArithmetic:
+    """:func:`epoch_arithmetic` for a scanned dataset and the step count its bucketed batches give."""
+    return epoch_arithmetic([(s.num_images, s.repeats) for s in scan.train_subsets], scan.reg_samples_available,
+                            batch_size, grad_accum, steps)
+
+
+def upscale_warning(images_and_buckets) -> str | None:
+    """A warning for images smaller than their bucket on either side (training enlarges them), or None.
+    *images_and_buckets*: ``(ImageEntry, (bucket_w, bucket_h))`` pairs."""
+    small = [(img, b) for img, b in images_and_buckets if img.width < b[0] or img.height < b[1]]
+    if not small:
+        return None
+    img, b = min(small, key=lambda ib: ib[0].width * ib[0].height)
+    return (f"{len(small)} image(s) are smaller than their bucket and will be enlarged (e.g. {img.path.name}: "
+            f"{img.width}×{img.height} → {b[0]}×{b[1]}); larger pictures give sharper results")
 
 
 def steps_per_epoch(samples: int, batch_size: int = 1, grad_accum: int = 1, reg_factor: int = 1) -> int:
@@ -149,6 +221,7 @@ def summarize(scan: DatasetScan, *, batch_size: int = 1, epochs: int = 1, grad_a
         bucket_no_upscale=bool(bucket_no_upscale), bucket_reso_steps=buckets.step,
         min_bucket_reso=buckets.min_size, buckets=hist, reg_buckets=reg_hist,
         skipped=list(scan.skipped), folder_problems=list(scan.folder_problems),
+        arithmetic=scan_arithmetic(scan, batch_size, grad_accum, spe),
     )
 
     if batch_size > 1 and enable_bucket:
@@ -163,6 +236,9 @@ def summarize(scan: DatasetScan, *, batch_size: int = 1, epochs: int = 1, grad_a
         fate = "trained at their small size" if bucket_no_upscale or not enable_bucket else "enlarged"
         summary.warnings.append(f"{len(summary.too_small)} image(s) have a side under {buckets.min_size} px "
                                 f"and will be {fate}; larger pictures give sharper results")
+    upscaled = upscale_warning((i, bucket_of(i)) for i in train_imgs + reg_imgs)
+    if upscaled:
+        summary.warnings.append(upscaled)
     if not enable_bucket:
         off = [i for i in train_imgs if abs(math.log((i.width / i.height) / (reso[0] / reso[1]))) > 0.1]
         if off:
@@ -209,12 +285,14 @@ def format_summary(summary: DatasetSummary) -> str:
     lines.append("")
 
     lines.append(f"Training images:   {s.train_images}")
-    lines.append(f"Samples per epoch: {s.samples_per_epoch}")
-    if s.reg_samples_used:
-        lines.append(f"Regularisation:    {s.reg_images} image(s), {s.reg_samples_used} sample(s) per epoch "
-                     f"(steps × {s.reg_factor})")
-    lines.append(f"Steps per epoch:   {s.steps_per_epoch}  (batch size {s.batch_size}, gradient accumulation "
-                 f"{s.grad_accum})")
+    if s.reg_images:
+        lines.append(f"Reg images:        {s.reg_images}  ({s.reg_samples_available} sample(s) available, "
+                     f"{s.reg_samples_used} used per epoch: as many as training samples)")
+    lines.append(f"Samples per epoch: {s.total_samples_per_epoch}" + (
+        f"  ({s.samples_per_epoch} train + {s.reg_samples_used} reg)" if s.reg_samples_used else ""))
+    lines.append(f"Steps per epoch:   {s.steps_per_epoch}")
+    if s.arithmetic is not None:
+        lines.append(f"  {s.arithmetic.text}")
     lines.append(f"Total steps:       {s.total_steps}  ({s.steps_rule})")
     lines.append("")
 
