@@ -92,12 +92,12 @@ def _stop_demo_run(monitor, folder: Path) -> None:
 
     from core.events import Finished, Saved, Status
 
-    out = folder / "sks-dog.safetensors"
+    out = folder / "sks-dog-step00000430.safetensors"  # a stopped run never replaces sks-dog.safetensors
     monitor._set_state("stopping")
     monitor.handle_event(Status("saving", "Saving what was trained…"))
     monitor.handle_event(Saved(str(out), "lora", 430, 3))
-    monitor._on_done(Finished("stopped", f"Stopped at step 430 of 600. The LoRA so far is saved as {out}; "
-                                         f"continue later from {folder / 'sks-dog-state'}.", str(out), 430))
+    monitor._on_done(Finished("stopped", f"Stopped at step 430 of 600. The LoRA so far is saved as {out}. "
+                                         f"Continue later from {folder / 'sks-dog-state'}.", str(out), 430))
     QApplication.processEvents()
 
 
