@@ -49,7 +49,7 @@ def make_application(argv: list[str] | None = None):
     from PySide6.QtCore import QLocale
     from PySide6.QtWidgets import QApplication
 
-    import gui.qtfix  # noqa: F401 - PySide6 6.12 refcount guard, before any Qt calls from Python
+    import patina.gui.qtfix  # noqa: F401 - PySide6 6.12 refcount guard, before any Qt calls from Python
 
     app = QApplication.instance()
     if app is None:
@@ -94,7 +94,7 @@ def run_app(argv: list[str] | None = None) -> int:
     if args.screenshot:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     app = make_application()
-    from gui.main_window import MainWindow  # after QApplication: keeps the import cost measurable
+    from patina.gui.main_window import MainWindow  # after QApplication: keeps the import cost measurable
 
     window = MainWindow(restore_session=not args.screenshot)
     if args.tab:

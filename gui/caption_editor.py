@@ -3,7 +3,7 @@
 * Text helpers (pure functions) that change one tag, a prefix or a postfix in a caption without
   touching the rest of it (line breaks, other tags, spacing).
 * :class:`CaptionStore` writes caption files on one background thread, in the order asked, atomically
-  (``core.dataset.captions.write_caption``), keeping each file's BOM and line endings.
+  (``patina.core.dataset.captions.write_caption``), keeping each file's BOM and line endings.
 * :class:`CaptionCommand` makes every write undoable: undo puts back the exact bytes the file held
   before (or removes a caption file the edit created). A file changed by another program in between is
   left alone and reported.
@@ -30,8 +30,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QFrame, QGridL
                                QLayout, QLineEdit, QPlainTextEdit, QPushButton, QScrollArea, QSizePolicy,
                                QSplitter, QToolButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
-from core.atomic import atomic_write_bytes
-from core.dataset.captions import CaptionText, decode_caption_bytes, split_tags, write_caption
+from patina.core.atomic import atomic_write_bytes
+from patina.core.dataset.captions import CaptionText, decode_caption_bytes, split_tags, write_caption
 
 ERROR_COLOR = "#c62828"
 MUTED_STYLE = "color: palette(placeholder-text);"
@@ -569,7 +569,7 @@ class CaptionPanel(QWidget):
         super().__init__(parent)
         self.store = store
         self.undo_stack = undo_stack
-        self.item = None               # gui.image_grid.ImageItem
+        self.item = None               # patina.gui.image_grid.ImageItem
         self._base_text = ""           # the caption as last saved (or loaded)
         self._file_exists = False
         self._loading = False

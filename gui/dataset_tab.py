@@ -9,7 +9,7 @@ Public API used by the main window::
     tab.flush()                          # write pending caption edits now (before closing)
 
 Listing a folder reads only names; caption texts, the image check (a full decode of every image with
-``core.dataset.images.probe_image``) and thumbnails come from background threads. Images are never
+``patina.core.dataset.images.probe_image``) and thumbnails come from background threads. Images are never
 written; captions only by an explicit edit, atomically, undoably.
 """
 
@@ -29,19 +29,19 @@ from PySide6.QtGui import QAction, QKeySequence, QPixmap, QUndoStack
 from PySide6.QtWidgets import (QApplication, QComboBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSplitter,
                                QStackedWidget, QTabWidget, QToolButton, QVBoxLayout, QWidget)
 
-from core.atomic import atomic_write_text
-from core.dataset.captions import normalize_extension, read_caption, tag_frequency
-from core.dataset.folders import scan_dataset
-from core.dataset.images import ImageCheck, probe_image
-from core.errors import PatinaError
-from core.paths import user_config_dir
-from gui.caption_editor import (APPLIED, MISSING, SCOPE_FOLDER, UNCHANGED, BatchPanel, CaptionChange,
+from patina.core.atomic import atomic_write_text
+from patina.core.dataset.captions import normalize_extension, read_caption, tag_frequency
+from patina.core.dataset.folders import scan_dataset
+from patina.core.dataset.images import ImageCheck, probe_image
+from patina.core.errors import PatinaError
+from patina.core.paths import user_config_dir
+from patina.gui.caption_editor import (APPLIED, MISSING, SCOPE_FOLDER, UNCHANGED, BatchPanel, CaptionChange,
                                 CaptionCommand, CaptionPanel, CaptionStore, TagFrequencyPanel, add_postfix,
                                 add_prefix, replace_text)
-from gui.image_grid import ImageFilterProxy, ImageGridView, ImageItem, ImageListModel, ItemRole, list_dataset
-from gui.thumbnails import THUMB_PX, ThumbnailLoader
-from gui.widgets import ERROR_COLOR, Banner
-from gui.wizard_dialog import FolderWizardDialog
+from patina.gui.image_grid import ImageFilterProxy, ImageGridView, ImageItem, ImageListModel, ItemRole, list_dataset
+from patina.gui.thumbnails import THUMB_PX, ThumbnailLoader
+from patina.gui.widgets import ERROR_COLOR, Banner
+from patina.gui.wizard_dialog import FolderWizardDialog
 
 PREVIEW_PX = 1024
 STATE_FILE = "dataset_tab.json"

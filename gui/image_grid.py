@@ -18,9 +18,9 @@ from PySide6.QtCore import QAbstractListModel, QModelIndex, QPoint, QRect, QSize
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate
 
-from core.dataset.captions import caption_path, normalize_extension
-from core.dataset.folders import parse_concept_folder
-from core.dataset.images import ImageCheck, is_image_name
+from patina.core.dataset.captions import caption_path, normalize_extension
+from patina.core.dataset.folders import parse_concept_folder
+from patina.core.dataset.images import ImageCheck, is_image_name
 
 TILE_PX = 128            # thumbnail box in the grid (logical pixels)
 _PAD = 8

@@ -1,10 +1,10 @@
 """Entry point of the ``patina`` command.
 
-With a subcommand it runs the headless CLI (``core.cli``); with no arguments, or with
+With a subcommand it runs the headless CLI (``patina.core.cli``); with no arguments, or with
 ``--screenshot``, it opens the window. Qt is imported only when the window is wanted, so
 ``patina train`` works on a machine without a display.
 
-Before Qt is imported, :mod:`gui.qt_preflight` checks that a window can open (a display, the platform
+Before Qt is imported, :mod:`patina.gui.qt_preflight` checks that a window can open (a display, the platform
 plugin's system libraries): Qt itself would abort the process with one unhelpful line. When the window
 cannot start, the reason goes to the terminal, to a log file in the user's state folder
 (``~/.local/state/patina/launcher.log``, ``%LOCALAPPDATA%\\Patina\\launcher.log``) and, when Patina was
@@ -29,7 +29,7 @@ def _wants_gui(argv: list[str]) -> bool:
 
 
 def log_path():
-    from core.paths import user_state_dir
+    from patina.core.paths import user_state_dir
 
     return user_state_dir() / LOG_NAME
 
@@ -37,7 +37,7 @@ def log_path():
 def write_log(text: str) -> str | None:
     """Append *text* (with a time stamp) to the launcher log, keeping its newest part; the file is
     replaced atomically. Returns the log's path, or None when it could not be written."""
-    from core.atomic import atomic_write_text
+    from patina.core.atomic import atomic_write_text
 
     path = log_path()
     try:
@@ -107,20 +107,20 @@ def report_startup_failure(text: str) -> None:
 
 
 def _start_gui(argv: list[str]) -> int:
-    from gui.qt_preflight import check
+    from patina.gui.qt_preflight import check
 
     problem = check(screenshot=any(a.startswith("--screenshot") for a in argv))
     if problem is not None:
         report_startup_failure(problem.text())
         return 1
     try:
-        from gui.app import run_app  # noqa: WPS433 (lazy on purpose)
+        from patina.gui.app import run_app  # noqa: WPS433 (lazy on purpose)
     except ModuleNotFoundError as exc:
-        if exc.name not in ("gui.app",):
+        if exc.name not in ("patina.gui.app",):
             report_startup_failure(f"patina: the window could not start: {exc}.\nRun the installer again to "
                                    f"repair the environment.\n\n{traceback.format_exc()}")
             return 1
-        from core.cli import main as cli_main
+        from patina.core.cli import main as cli_main
         return cli_main(argv)
     try:
         return run_app(argv)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _wants_gui(argv):
         return _start_gui(argv)
-    from core.cli import main as cli_main
+    from patina.core.cli import main as cli_main
     return cli_main(argv)
 
 

@@ -14,15 +14,15 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QHBoxLayo
                                QMenu, QMessageBox, QPlainTextEdit, QPushButton, QSizePolicy, QStyle, QTabWidget,
                                QToolBar, QToolButton, QVBoxLayout, QWidget)
 
-from core import __version__
-from core.config import (LoadResult, apply_preset, format_load_report, list_presets, read_config, save_config,
+from patina.core import __version__
+from patina.core.config.files import (LoadResult, apply_preset, format_load_report, list_presets, read_config, save_config,
                          save_user_preset, write_kohya)
-from core.errors import PatinaError
-from core.params import BY_KEY, defaults
-from core.paths import resources_dir, user_presets_dir
-from gui.monitor_tab import REQUIRED_TO_START, MonitorTab
-from gui.param_pages import ParamForm, problem_text
-from gui.state import GuiState, load_state, save_state
+from patina.core.errors import PatinaError
+from patina.core.config.schema import BY_KEY, defaults
+from patina.core.paths import resources_dir, user_presets_dir
+from patina.gui.monitor_tab import REQUIRED_TO_START, MonitorTab
+from patina.gui.param_pages import ParamForm, problem_text
+from patina.gui.state import GuiState, load_state, save_state
 
 TABS = ("dataset", "training", "monitor")
 TAB_TITLES = {"dataset": "Dataset", "training": "Training", "monitor": "Monitor"}
@@ -84,10 +84,10 @@ class _Placeholder(QWidget):
 def make_dataset_tab(parent=None) -> tuple[QWidget, bool]:
     """The Dataset tab, imported lazily; a placeholder when the module is missing or fails to load."""
     try:
-        from gui.dataset_tab import DatasetTab  # noqa: WPS433
+        from patina.gui.dataset_tab import DatasetTab  # noqa: WPS433
         return DatasetTab(parent), True
     except Exception as exc:  # noqa: BLE001 - the window must open whatever the Dataset tab's state
-        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "gui.dataset_tab"
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "patina.gui.dataset_tab"
         text = ("Dataset preparation is not available in this build." if missing else
                 f"The Dataset tab could not be loaded ({type(exc).__name__}: {exc}). Training still works: "
                 "set the image folder on the Training tab.")
@@ -231,7 +231,7 @@ class MainWindow(QMainWindow):
         notice = self._device_notice
 
         def work():
-            from gui.device_notice import cpu_training_reason
+            from patina.gui.device_notice import cpu_training_reason
 
             try:
                 reason = cpu_training_reason()

@@ -1,8 +1,8 @@
 """The Monitor tab: start a run, watch it, stop it.
 
-Start checks every setting first (the schema, plus the engine's dry-run :func:`core.engine.plan`, run off
+Start checks every setting first (the schema, plus the engine's dry-run :func:`patina.core.train.engine.plan`, run off
 the GUI thread), shows the plan in a confirm dialog and asks before overwriting an existing LoRA file.
-The run itself happens in a :class:`~gui.worker.TrainingWorker` thread; its events arrive here as queued
+The run itself happens in a :class:`~patina.gui.worker.TrainingWorker` thread; its events arrive here as queued
 signals and feed the live charts (pyqtgraph, imported when the charts are first needed), the progress
 bars, the status line, the log and the sample gallery.
 """
@@ -23,12 +23,12 @@ from PySide6.QtWidgets import (QApplication, QCheckBox, QDialog, QDialogButtonBo
                                QLabel, QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea,
                                QSplitter, QStackedLayout, QTabWidget, QToolButton, QVBoxLayout, QWidget)
 
-from core.errors import PatinaError
-from core.events import EpochEnd, Finished, Log, Metrics, Plan, Progress, Sample, Saved, Status
-from core.params import FAMILY_LABELS, Problem, check_values, errors
-from gui.param_pages import problem_text
-from gui.widgets import Banner, format_number
-from gui.worker import BackgroundCall, EngineFn, TrainingWorker, default_plan, default_train
+from patina.core.errors import PatinaError
+from patina.core.train.events import EpochEnd, Finished, Log, Metrics, Plan, Progress, Sample, Saved, Status
+from patina.core.config.schema import FAMILY_LABELS, Problem, check_values, errors
+from patina.gui.param_pages import problem_text
+from patina.gui.widgets import Banner, format_number
+from patina.gui.worker import BackgroundCall, EngineFn, TrainingWorker, default_plan, default_train
 
 # Needed before a run can start; the schema allows them empty so that a config can be saved half-done.
 REQUIRED_TO_START = ("pretrained_model_name_or_path", "train_data_dir", "output_dir")
@@ -617,7 +617,7 @@ class SampleGallery(QWidget):
 class MonitorTab(QWidget):
     """Start/stop, live progress, charts, samples and log of one training run at a time."""
 
-    finished = Signal(object)          # core.events.Finished
+    finished = Signal(object)          # patina.core.train.events.Finished
     problems_found = Signal(list)      # [Problem]: settings to fix before a run can start
     running_changed = Signal(bool)
 

@@ -1,8 +1,8 @@
-"""The Training tab's parameter pages, generated from the one schema (:mod:`core.params`).
+"""The Training tab's parameter pages, generated from the one schema (:mod:`patina.core.config.schema`).
 
-One editor per :class:`~core.params.Param`, chosen by type; label and tooltip from the schema; ranges and
+One editor per :class:`~patina.core.config.schema.Param`, chosen by type; label and tooltip from the schema; ranges and
 choices from the schema; visibility and enabled state re-evaluated from ``visible_if``/``enabled_if`` on
-every change; every field checked with :func:`core.params.coerce` and :func:`core.params.cross_check` and
+every change; every field checked with :func:`patina.core.config.schema.coerce` and :func:`patina.core.config.schema.cross_check` and
 marked in place (border + message under the field). The base model's family is detected in the
 background and stored as ``_detected_family`` so that the rules can use it.
 
@@ -22,11 +22,11 @@ from PySide6.QtWidgets import (QCheckBox, QFrame, QGridLayout, QGroupBox, QHBoxL
                                QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QScrollArea, QSplitter,
                                QStackedWidget, QVBoxLayout, QWidget)
 
-from core.params import (BY_KEY, FAMILY_LABELS, PAGES, PARAMS, SAMPLER_LABELS, Param, Problem, ValueProblem, coerce,
+from patina.core.config.schema import (BY_KEY, FAMILY_LABELS, PAGES, PARAMS, SAMPLER_LABELS, Param, Problem, ValueProblem, coerce,
                          cross_check, defaults, mirrored_on, sections)
-from gui.widgets import (ERROR_COLOR, WARNING_COLOR, FieldFrame, FloatSpinBox, NoWheelComboBox, NoWheelSpinBox,
+from patina.gui.widgets import (ERROR_COLOR, WARNING_COLOR, FieldFrame, FloatSpinBox, NoWheelComboBox, NoWheelSpinBox,
                          PathEdit)
-from gui.worker import BackgroundCall
+from patina.gui.worker import BackgroundCall
 
 PAGE_TITLES = dict(PAGES)
 PAGE_INTROS = {
@@ -726,9 +726,9 @@ def _family_name(family) -> str | None:
 
 
 def _detect_family(path: str):
-    """Runs in a pool thread. ``core.models`` may import torch; a missing module means "skip quietly"."""
+    """Runs in a pool thread. ``patina.core.models.loading`` may import torch; a missing module means "skip quietly"."""
     try:
-        from core.models import detect_family  # noqa: WPS433
+        from patina.core.models.loading import detect_family  # noqa: WPS433
     except ImportError:
         return None
     return detect_family(path)

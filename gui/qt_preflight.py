@@ -6,7 +6,7 @@ those cases first: which display Qt would use (``QT_QPA_PLATFORM``, ``WAYLAND_DI
 that display answers, and which shared libraries of the platform plugin (``libqxcb.so`` …) ``ldd`` cannot
 find, mapped to the package that installs them on Debian/Ubuntu, Fedora and Arch.
 
-It must not import PySide6 (or torch): it runs before either. ``python -m gui.qt_preflight --libraries``
+It must not import PySide6 (or torch): it runs before either. ``python -m patina.gui.qt_preflight --libraries``
 is the check ``packaging/install-linux.sh`` runs after installing.
 """
 

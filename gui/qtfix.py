@@ -1,5 +1,5 @@
 """Workaround for a PySide6 6.12.0 reference-count bug on Python < 3.12 (pyproject pins <6.12; this
-guards users who upgrade PySide6 by hand). Imported by gui.app before the window is built."""
+guards users who upgrade PySide6 by hand). Imported by patina.gui.app before the window is built."""
 
 from __future__ import annotations
 

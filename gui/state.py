@@ -1,6 +1,6 @@
 """The window's memory between sessions: last config file, recent files, geometry, current tab and page.
 
-Kept as a small JSON file in :func:`core.paths.user_config_dir` (``gui-state.json``), written atomically.
+Kept as a small JSON file in :func:`patina.core.paths.user_config_dir` (``gui-state.json``), written atomically.
 A missing or damaged file just means "no memory": the app starts with defaults.
 """
 
@@ -11,8 +11,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.atomic import atomic_write_text
-from core.paths import user_config_dir
+from patina.core.atomic import atomic_write_text
+from patina.core.paths import user_config_dir
 
 STATE_FILE = "gui-state.json"
 MAX_RECENT = 10

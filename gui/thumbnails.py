@@ -24,16 +24,16 @@ from PIL import Image, ImageOps
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
-from core.atomic import atomic_write_bytes
-from core.dataset.images import to_rgb
-from core.paths import user_cache_dir
+from patina.core.atomic import atomic_write_bytes
+from patina.core.dataset.images import to_rgb
+from patina.core.paths import user_cache_dir
 
 THUMB_PX = 192          # longest side of a cached thumbnail (sharp at 128 px on a 1.5× screen)
 MAX_PENDING = 600       # older requests beyond this are dropped; they are asked for again when visible
 _CACHE_VERSION = "1"    # bump when the thumbnail recipe changes
 
 
-from gui.qtfix import PYSIDE_REFCOUNT_GUARD  # noqa: E402,F401 - see gui/qtfix.py
+from patina.gui.qtfix import PYSIDE_REFCOUNT_GUARD  # noqa: E402,F401 - see gui/qtfix.py
 
 
 # --- thumbnails ------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 It asks for the instance and class prompts, the folder of training images and its repeats, an optional
 folder of regularisation images and its repeats, and a destination; then runs
-:func:`core.dataset.wizard.prepare_folders` on a background thread (it copies files), showing a busy bar.
+:func:`patina.core.dataset.wizard.prepare_folders` on a background thread (it copies files), showing a busy bar.
 Errors are shown in the dialog; on success ``prepared`` carries the result.
 """
 
@@ -16,12 +16,12 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFormLayout, QFrame, QLabel, QLineEdit, QProgressBar,
                                QPushButton, QSizePolicy, QVBoxLayout)
 
-from core.dataset.images import is_image_name
-from core.dataset.summary import epoch_arithmetic
-from core.dataset.wizard import prepare_folders
-from core.errors import PatinaError
-from gui.widgets import ERROR_COLOR, NoWheelSpinBox, PathEdit
-from gui.worker import BackgroundCall
+from patina.core.dataset.images import is_image_name
+from patina.core.dataset.summary import epoch_arithmetic
+from patina.core.dataset.wizard import prepare_folders
+from patina.core.errors import PatinaError
+from patina.gui.widgets import ERROR_COLOR, NoWheelSpinBox, PathEdit
+from patina.gui.worker import BackgroundCall
 
 # kohya's default. Patina, like kohya, defaults to 1 epoch and computes the steps from the images, so the
 # repeats carry the whole schedule: 40 × a typical 15-30 images = 600-1,200 steps at batch size 1, the
@@ -41,7 +41,7 @@ def _count_images(folder: str) -> int | None:
 class FolderWizardDialog(QDialog):
     """Build ``<dest>/img/<N>_<instance> <class>`` (+ reg, log, model) from a plain folder of images."""
 
-    prepared = Signal(object)   # core.dataset.wizard.PreparedFolders
+    prepared = Signal(object)   # patina.core.dataset.wizard.PreparedFolders
 
     def __init__(self, parent=None, values: dict | None = None):
         super().__init__(parent)

@@ -21,19 +21,19 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal, Slot
 
-from core.errors import PatinaError
-from core.events import Commands, Finished, Log
+from patina.core.errors import PatinaError
+from patina.core.train.events import Commands, Finished, Log
 
 EngineFn = Callable[..., Finished]
 
 
 def _engine_function(name: str, doing: str):
-    """``core.engine.<name>``, imported on first use (it pulls torch); a missing piece is a PatinaError."""
+    """``patina.core.train.engine.<name>``, imported on first use (it pulls torch); a missing piece is a PatinaError."""
     try:
-        import core.engine as engine  # noqa: WPS433 (heavy: torch, diffusers)
+        import patina.core.train.engine as engine  # noqa: WPS433 (heavy: torch, diffusers)
     except ModuleNotFoundError as exc:
-        if exc.name == "core.engine":
-            raise PatinaError(f"The training engine (core/engine.py) is not part of this installation, so {doing}. "
+        if exc.name == "patina.core.train.engine":
+            raise PatinaError(f"The training engine (core/train/engine.py) is not part of this installation, so {doing}. "
                               "Reinstall Patina.") from None
         raise PatinaError(f"The Python package '{exc.name}' is not installed in Patina's environment, so {doing}. "
                           "Run the installer again (packaging/install-*) to repair the environment.") from None

@@ -238,7 +238,7 @@ if [ "$DRY_RUN" != "1" ]; then
             warn "PyTorch cannot use the GPU: $(printf '%s' "$CHECK" | tail -n 1). Training would fail or run on the CPU; update the NVIDIA driver, then run this again."
         fi
     fi
-    if QT="$(cd -- "$APP_DIR" && "$VPY" -m gui.qt_preflight --libraries 2>&1)"; then
+    if QT="$(cd -- "$APP_DIR" && "$VPY" -m patina.gui.qt_preflight --libraries 2>&1)"; then
         say "window:      Qt's X11 libraries are installed"
     else
         warn "the window cannot start until system libraries are installed ('patina train' works without them):

@@ -300,7 +300,7 @@ function New-PatinaShortcut([string]$Folder) {
     $shell = New-Object -ComObject WScript.Shell
     $lnk = $shell.CreateShortcut($path)
     $lnk.TargetPath = $VenvPythonW
-    $lnk.Arguments = "-m gui.launcher"
+    $lnk.Arguments = "-m patina.gui.launcher"
     $lnk.WorkingDirectory = $AppDir
     $lnk.IconLocation = "$Icon,0"
     $lnk.Description = "Train Stable Diffusion LoRAs on your own GPU"

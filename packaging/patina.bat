@@ -12,4 +12,4 @@ if not exist "%PYW%" (
     pause
     exit /b 1
 )
-start "" /D "%APP_DIR%" "%PYW%" -m gui.launcher %*
+start "" /D "%APP_DIR%" "%PYW%" -m patina.gui.launcher %*

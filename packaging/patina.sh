@@ -38,11 +38,11 @@ if [ ! -x "$PY" ]; then
 fi
 export PYTHONPATH="$APP_DIR${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$FROM_MENU" = "0" ] || ! mkdir -p -- "$STATE_DIR" 2>/dev/null; then
-    exec "$PY" -m gui.launcher "$@"
+    exec "$PY" -m patina.gui.launcher "$@"
 fi
 LOG="$STATE_DIR/patina-output.log"
 { printf -- '--- %s  patina %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$*"; } >> "$LOG" 2>/dev/null
-"$PY" -m gui.launcher "$@" 2>> "$LOG"
+"$PY" -m patina.gui.launcher "$@" 2>> "$LOG"
 rc=$?
 if [ "$rc" -ge 128 ]; then
     last="$(tail -n 5 -- "$LOG" 2>/dev/null | grep -v '^--- ' | tail -n 3)"

@@ -45,12 +45,12 @@ def _demo_image(path: Path, hue: int, epoch: int) -> str:
 
 def _feed_demo_run(monitor, folder: Path) -> None:
     """A plausible three-epoch run, as events, straight into the tab (no engine, no thread)."""
-    from core.events import EpochEnd, Log, Metrics, Plan, Progress, Sample, Saved, Status
+    from patina.core.train.events import EpochEnd, Log, Metrics, Plan, Progress, Sample, Saved, Status
 
     rnd = random.Random(7)
     total, epochs = 600, 3
     out = folder / "sks-dog.safetensors"
-    from core.dataset.summary import epoch_arithmetic
+    from patina.core.dataset.summary import epoch_arithmetic
 
     arithmetic = epoch_arithmetic([(20, 10)], batch_size=1).text
     plan = Plan(images=20, reg_images=0, samples_per_epoch=200, steps_per_epoch=200, epochs=epochs,
@@ -90,7 +90,7 @@ def _stop_demo_run(monitor, folder: Path) -> None:
     """The demo run, stopped by the user at its current step."""
     from PySide6.QtWidgets import QApplication
 
-    from core.events import Finished, Saved, Status
+    from patina.core.train.events import Finished, Saved, Status
 
     out = folder / "sks-dog-step00000430.safetensors"  # a stopped run never replaces sks-dog.safetensors
     monitor._set_state("stopping")
@@ -116,7 +116,7 @@ def _find_wizard(window):
     from PySide6.QtWidgets import QDialog
 
     try:
-        import gui.dataset_tab as dt
+        import patina.gui.dataset_tab as dt
     except Exception:  # noqa: BLE001 - optional
         return None
     for name in dir(dt):
@@ -145,9 +145,9 @@ def main(argv=None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from gui.app import make_application, render_window
-    from gui.main_window import MainWindow
-    from gui.monitor_tab import PlanDialog
+    from patina.gui.app import make_application, render_window
+    from patina.gui.main_window import MainWindow
+    from patina.gui.monitor_tab import PlanDialog
 
     make_application()
     win = MainWindow(restore_session=False)
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
                          "max_bucket_reso": 512, "lr_scheduler": "constant"})
     win.select_tab("basic")
     shot("training-invalid")
-    from core.params import defaults
+    from patina.core.config.schema import defaults
     win.form.set_values(defaults())
     win._mark_clean()
 

@@ -44,8 +44,8 @@ def main(model: str, work: str) -> dict:
     from PySide6.QtWidgets import QApplication, QDialog
 
     app = QApplication.instance() or QApplication([])
-    from gui.main_window import MainWindow
-    from gui.monitor_tab import PlanDialog
+    from patina.gui.main_window import MainWindow
+    from patina.gui.monitor_tab import PlanDialog
     from trainkit import make_dataset, tiny_cfg
 
     PlanDialog.exec = lambda self: QDialog.DialogCode.Accepted  # the user clicks Start

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from core.cli import main as cli
-from core.config import save_config
-from core.tiny import save_tiny_diffusers
+from patina.core.cli import main as cli
+from patina.core.config.files import save_config
+from patina.core.models.tiny import save_tiny_diffusers
 from trainkit import make_dataset, tiny_cfg
 
 
@@ -64,7 +64,7 @@ def test_accelerate_two_processes_on_cpu(sd1_dir, tmp_path):
     proc = subprocess.run(
         # accelerate's multi-process launcher is --multi_gpu even without GPUs; the engine then uses gloo on CPU
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m", "core", "train",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m", "patina.core", "train",
          str(preset), "--quiet"],
         capture_output=True, text=True, env=env, timeout=240, cwd=os.getcwd())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -82,7 +82,7 @@ def test_accelerate_two_processes_on_cpu(sd1_dir, tmp_path):
 def test_bench_builds_the_real_architectures_from_the_shipped_configs(monkeypatch):
     from diffusers import UNet2DConditionModel
 
-    import core.bench as bench
+    import patina.core.train.bench as bench
 
     seen = []
     monkeypatch.setattr(UNet2DConditionModel, "from_config", classmethod(lambda cls, c: seen.append(c) or "unet"))

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from core import config as cfgmod
-from core import params
-from core.cli import main as cli
-from core.errors import PatinaError
-from core.params import BY_KEY, PARAMS, defaults
+from patina.core.config import files as cfgmod
+from patina.core.config import schema as params
+from patina.core.cli import main as cli
+from patina.core.errors import PatinaError
+from patina.core.config.schema import BY_KEY, PARAMS, defaults
 
 
 def write(path, data):
@@ -153,7 +153,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("core.atomic.os.replace", boom)
+    monkeypatch.setattr("patina.core.atomic.os.replace", boom)
     cfg = defaults()
     cfg["epoch"] = 7
     with pytest.raises(OSError):

@@ -1,4 +1,4 @@
-"""core.dataset.buckets: resolution parsing, bucket enumeration and assignment, resize-and-crop."""
+"""patina.core.dataset.buckets: resolution parsing, bucket enumeration and assignment, resize-and-crop."""
 
 import math
 import random
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.dataset.buckets import BucketSet, histogram, parse_resolution, resize_and_crop
+from patina.core.dataset.buckets import BucketSet, histogram, parse_resolution, resize_and_crop
 
 
 @pytest.mark.parametrize("text,expected", [("512,512", (512, 512)), ("512", (512, 512)), ("768x512", (768, 512)),

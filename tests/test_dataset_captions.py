@@ -1,11 +1,11 @@
-"""core.dataset.captions: sidecar paths, lossless read/write, fallback captions, kohya caption processing."""
+"""patina.core.dataset.captions: sidecar paths, lossless read/write, fallback captions, kohya caption processing."""
 
 import random
 from pathlib import Path
 
 import pytest
 
-from core.dataset.captions import (
+from patina.core.dataset.captions import (
     caption_for_image,
     caption_path,
     join_tags,

@@ -1,9 +1,9 @@
-"""``patina dataset check`` / ``patina dataset prepare`` through core.cli.main."""
+"""``patina dataset check`` / ``patina dataset prepare`` through patina.core.cli.main."""
 
 import pytest
 
 import imagefactory as factory
-from core.cli import main
+from patina.core.cli import main
 
 
 @pytest.fixture

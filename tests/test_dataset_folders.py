@@ -1,12 +1,12 @@
-"""core.dataset.folders: the kohya folder convention, bad files, layout mistakes and their messages."""
+"""patina.core.dataset.folders: the kohya folder convention, bad files, layout mistakes and their messages."""
 
 import os
 
 import pytest
 
 import imagefactory as factory
-from core.dataset.folders import DatasetScan, parse_concept_folder, scan_dataset
-from core.errors import PatinaError
+from patina.core.dataset.folders import DatasetScan, parse_concept_folder, scan_dataset
+from patina.core.errors import PatinaError
 
 
 def _snapshot(root):

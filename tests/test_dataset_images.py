@@ -1,11 +1,11 @@
-"""core.dataset.images: which files are images, the full-decode health check, loading as 8-bit RGB."""
+"""patina.core.dataset.images: which files are images, the full-decode health check, loading as 8-bit RGB."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import imagefactory as factory
-from core.dataset.images import ALPHA_BACKGROUND, IMAGE_EXTENSIONS, is_image_name, load_rgb, probe_image
+from patina.core.dataset.images import ALPHA_BACKGROUND, IMAGE_EXTENSIONS, is_image_name, load_rgb, probe_image
 
 
 def test_image_extensions_match_in_any_case():

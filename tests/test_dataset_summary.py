@@ -1,11 +1,11 @@
-"""core.dataset.summary: step math with kohya precedence and reg doubling, buckets, captions, text output."""
+"""patina.core.dataset.summary: step math with kohya precedence and reg doubling, buckets, captions, text output."""
 
 import pytest
 
 import imagefactory as factory
-from core.dataset.folders import scan_dataset
-from core.dataset.summary import format_summary, steps_per_epoch, summarize, total_steps
-from core.errors import PatinaError
+from patina.core.dataset.folders import scan_dataset
+from patina.core.dataset.summary import format_summary, steps_per_epoch, summarize, total_steps
+from patina.core.errors import PatinaError
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_summary_reg_doubles_steps(dataset, tmp_path):
     assert s.reg_buckets == {(64, 64): 100}
     text = format_summary(s)
     assert "reg 1_dog" in text and "Samples per epoch: 80  (40 train + 40 reg)" in text
-    # the same arithmetic as the plan dialog and the wizard (core.dataset.summary.EpochArithmetic)
+    # the same arithmetic as the plan dialog and the wizard (patina.core.dataset.summary.EpochArithmetic)
     assert s.arithmetic.text in text and " = 40 train + 40 reg = 80 samples / batch 4 / accumulation 3" in text
 
 
@@ -123,7 +123,7 @@ def test_summary_rejects_bad_settings(dataset, kwargs, message):
 
 
 def test_epoch_arithmetic_reads_the_same_everywhere():
-    from core.dataset.summary import epoch_arithmetic
+    from patina.core.dataset.summary import epoch_arithmetic
 
     a = epoch_arithmetic([(16, 10)], reg_samples_available=4, batch_size=2)
     assert a.text == "16 images × 10 repeats = 160 train + 160 reg = 320 samples / batch 2 = 160 steps per epoch"

@@ -1,11 +1,11 @@
-"""core.dataset.wizard: the folder wizard copies safely, validates, and can be run again."""
+"""patina.core.dataset.wizard: the folder wizard copies safely, validates, and can be run again."""
 
 import pytest
 
 import imagefactory as factory
-from core.dataset.folders import scan_dataset
-from core.dataset.wizard import prepare_folders
-from core.errors import PatinaError
+from patina.core.dataset.folders import scan_dataset
+from patina.core.dataset.wizard import prepare_folders
+from patina.core.errors import PatinaError
 
 
 def _tree(root):

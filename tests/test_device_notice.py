@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from gui import device_notice
+from patina.gui import device_notice
 
 
 def fake_versions(monkeypatch, torch_version):
@@ -43,7 +43,7 @@ def test_a_cuda_build_with_a_driver_gets_no_notice(monkeypatch):
 def test_the_window_shows_the_notice(qtbot, monkeypatch, tmp_path):
     monkeypatch.setenv("PATINA_CONFIG_DIR", str(tmp_path / "cfg"))
     monkeypatch.setattr(device_notice, "cpu_training_reason", lambda: "Training would run on the CPU (test)")
-    from gui.main_window import MainWindow
+    from patina.gui.main_window import MainWindow
 
     w = MainWindow(restore_session=False, detect_family=False)
     qtbot.addWidget(w)

@@ -6,11 +6,11 @@ import re
 import pytest
 import torch
 
-from core import events as E
-from core.engine import Trainer, plan, train
-from core.events import Commands
-from core.lora_io import verify_lora
-from core.tiny import save_tiny_diffusers
+from patina.core.train import events as E
+from patina.core.train.engine import Trainer, plan, train
+from patina.core.train.events import Commands
+from patina.core.lora.kohya_format import verify_lora
+from patina.core.models.tiny import save_tiny_diffusers
 import imagefactory as imgs
 from trainkit import Collector, make_dataset, tiny_cfg
 
@@ -47,7 +47,7 @@ def _unet_inputs(pipe, family, seed=0):
                                               ("sdxl", "Standard"), ("sdxl", "Kohya LoCon")])
 def test_trained_file_loads_in_diffusers_and_matches_the_trained_unet(family, lora_type, sd1_dir, sdxl_dir, data,
                                                                       tmp_path):
-    from core.tiny import tiny_pipeline
+    from patina.core.models.tiny import tiny_pipeline
 
     model = sd1_dir if family == "sd1" else sdxl_dir
     cfg = tiny_cfg(model, data, tmp_path / "out", LoRA_type=lora_type, conv_dim=4, conv_alpha=2.0, epoch=1,
@@ -100,8 +100,8 @@ def _denoise_loss(pipe, latents, seed=0):
 def test_training_lowers_the_loss_on_the_training_images(sd1_dir, data, tmp_path):
     from diffusers import DDPMScheduler
 
-    from core.dataset.images import load_rgb
-    from core.tiny import tiny_pipeline
+    from patina.core.dataset.images import load_rgb
+    from patina.core.models.tiny import tiny_pipeline
 
     cfg = tiny_cfg(sd1_dir, data, tmp_path / "out", epoch=6, text_encoder_lr=0.0, unet_lr=2e-3, network_dim=8,
                    network_alpha=8.0)
@@ -192,7 +192,7 @@ def test_corrupt_images_are_skipped_and_listed(sd1_dir, data, tmp_path):
 
 
 def test_nan_loss_and_oom_end_with_a_message_and_the_last_good_state(sd1_dir, data, tmp_path, monkeypatch):
-    import core.losses as L
+    import patina.core.train.losses as L
 
     real = L.per_sample_loss
     calls = {"n": 0}
@@ -240,7 +240,7 @@ def test_plan_without_loading_a_model(sd1_dir, data, tmp_path):
 
 
 def test_latent_disk_cache_is_reused_and_never_stale(sd1_dir, data, tmp_path, monkeypatch):
-    from core.paths import user_cache_dir
+    from patina.core.paths import user_cache_dir
 
     cfg = tiny_cfg(sd1_dir, data, tmp_path / "out", max_train_steps=1, cache_latents_to_disk=True)
     assert train(cfg).status == "finished"
@@ -264,7 +264,7 @@ def test_caching_reports_its_progress_up_to_the_last_image(sd1_dir, data, tmp_pa
 
 
 def test_continue_from_network_weights_with_rank_from_the_file(sd1_dir, data, tmp_path):
-    from core.lora_io import read_lora
+    from patina.core.lora.kohya_format import read_lora
 
     first = train(tiny_cfg(sd1_dir, data, tmp_path / "a", max_train_steps=2, network_dim=4))
     assert first.status == "finished", first.message
@@ -288,8 +288,8 @@ def test_gradient_checkpointing_still_trains_every_module(sd1_dir, data, tmp_pat
 
 
 def test_dataset_check_and_engine_plan_agree_on_steps(sd1_dir, tmp_path):
-    from core.dataset.folders import scan_dataset
-    from core.dataset.summary import summarize
+    from patina.core.dataset.folders import scan_dataset
+    from patina.core.dataset.summary import summarize
 
     img = tmp_path / "img"
     for i, size in enumerate([(64, 64), (64, 64), (128, 64), (64, 128), (128, 64)]):

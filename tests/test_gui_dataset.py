@@ -16,10 +16,10 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QTextCursor  # noqa: E402
 
-from gui.caption_editor import (SCOPE_ALL, SCOPE_FOLDER, add_postfix, add_prefix, insert_tag,  # noqa: E402
+from patina.gui.caption_editor import (SCOPE_ALL, SCOPE_FOLDER, add_postfix, add_prefix, insert_tag,  # noqa: E402
                                 remove_tag, replace_text)
-from gui.dataset_tab import DatasetTab  # noqa: E402
-from gui.thumbnails import thumbs_dir  # noqa: E402
+from patina.gui.dataset_tab import DatasetTab  # noqa: E402
+from patina.gui.thumbnails import thumbs_dir  # noqa: E402
 import imagefactory as fac  # noqa: E402
 
 BOM = codecs.BOM_UTF8
@@ -562,7 +562,7 @@ def test_small_images_are_marked_as_enlarged_in_the_preview(qtbot, make_tab, tmp
 
 
 def test_wizard_step_hint_counts_reg_images_and_the_batch_like_the_plan(qtbot, make_tab, tmp_path):
-    from core.dataset.summary import epoch_arithmetic
+    from patina.core.dataset.summary import epoch_arithmetic
     src, reg = tmp_path / "photos", tmp_path / "reg_src"
     for i in range(3):
         fac.save(src / f"p{i}.jpg", size=(64, 48))

@@ -13,9 +13,9 @@ from PySide6.QtCore import Signal
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
 
-from core.config import find_preset, read_config
-from core.params import BY_KEY, defaults
-from gui.main_window import MainWindow, ReportDialog
+from patina.core.config.files import find_preset, read_config
+from patina.core.config.schema import BY_KEY, defaults
+from patina.gui.main_window import MainWindow, ReportDialog
 
 ROOT = Path(__file__).resolve().parent.parent
 SB = QMessageBox.StandardButton
@@ -56,7 +56,7 @@ class _Q(list):
 
 @pytest.fixture
 def win(qtbot, reports, monkeypatch):
-    monkeypatch.setitem(sys.modules, "gui.dataset_tab", None)  # placeholder Dataset tab unless a test injects one
+    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", None)  # placeholder Dataset tab unless a test injects one
     w = MainWindow(restore_session=False, detect_family=False)
     qtbot.addWidget(w)
     return w
@@ -176,7 +176,7 @@ def test_discard_closes_without_writing(win, answers, tmp_path):
 
 
 def test_last_session_is_restored(qtbot, reports, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "gui.dataset_tab", None)
+    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", None)
     cfg = tmp_path / "run.json"
     w = MainWindow(restore_session=True, detect_family=False)
     qtbot.addWidget(w)
@@ -229,7 +229,7 @@ class FakeDatasetTab(QWidget):
 
 
 def test_dataset_tab_contract(qtbot, reports, answers, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "gui.dataset_tab", types.SimpleNamespace(DatasetTab=FakeDatasetTab))
+    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", types.SimpleNamespace(DatasetTab=FakeDatasetTab))
     w = MainWindow(restore_session=False, detect_family=False)
     qtbot.addWidget(w)
     tab = w.dataset_tab
@@ -265,13 +265,13 @@ def _env(tmp_path):
 
 def test_screenshot_option_writes_a_1280x800_png(tmp_path):
     out = tmp_path / "shots é" / "advanced.png"
-    r = subprocess.run([sys.executable, "-m", "gui.launcher", "--screenshot", str(out), "--tab", "advanced"],
+    r = subprocess.run([sys.executable, "-m", "patina.gui.launcher", "--screenshot", str(out), "--tab", "advanced"],
                        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     img = QImage(str(out))
     assert (img.width(), img.height()) == (1280, 800)
     assert len({img.pixel(x, y) for x in range(0, 1280, 40) for y in range(0, 800, 40)}) > 3  # not blank
-    bad = subprocess.run([sys.executable, "-m", "gui.launcher", "--screenshot", str(out), "--tab", "nope"],
+    bad = subprocess.run([sys.executable, "-m", "patina.gui.launcher", "--screenshot", str(out), "--tab", "nope"],
                          cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown tab" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -280,9 +280,9 @@ def test_gui_modules_import_and_open_without_torch(tmp_path):
     code = (
         "import sys\n"
         "from PySide6.QtWidgets import QApplication\n"
-        "import gui.app, gui.main_window, gui.param_pages, gui.monitor_tab, gui.worker, gui.state, gui.widgets\n"
+        "import patina.gui.app, patina.gui.main_window, patina.gui.param_pages, patina.gui.monitor_tab, patina.gui.worker, patina.gui.state, patina.gui.widgets\n"
         "app = QApplication([])\n"
-        "w = gui.main_window.MainWindow(restore_session=False)\n"
+        "w = patina.gui.main_window.MainWindow(restore_session=False)\n"
         "w.show(); app.processEvents()\n"
         "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'peft', 'accelerate') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
@@ -309,7 +309,7 @@ def test_save_as_suggests_the_training_folder_not_home(win, tmp_path, monkeypatc
 
 
 def test_dataset_tab_gets_the_reg_folder_and_the_batch_size(qtbot, reports, monkeypatch, tmp_path):
-    from gui.dataset_tab import DatasetTab
+    from patina.gui.dataset_tab import DatasetTab
     w = MainWindow(restore_session=False, detect_family=False)
     qtbot.addWidget(w)
     assert isinstance(w.dataset_tab, DatasetTab)

@@ -10,11 +10,11 @@ import pytest
 from PySide6.QtGui import QColor, QImage
 from PySide6.QtWidgets import QDialog, QMessageBox
 
-from core.errors import PatinaError
-from core.events import EpochEnd, Finished, Log, Metrics, Plan, Progress, Sample, Saved, Status
-from core.params import defaults
-import gui.monitor_tab as mt
-from gui.monitor_tab import MonitorTab, PlanDialog
+from patina.core.errors import PatinaError
+from patina.core.train.events import EpochEnd, Finished, Log, Metrics, Plan, Progress, Sample, Saved, Status
+from patina.core.config.schema import defaults
+import patina.gui.monitor_tab as mt
+from patina.gui.monitor_tab import MonitorTab, PlanDialog
 
 SB = QMessageBox.StandardButton
 
@@ -269,8 +269,8 @@ def test_plan_dialog_shows_the_numbers(qtbot, tmp_path):
 
 
 def test_closing_the_window_during_a_run_stops_and_waits(qtbot, tmp_path, monkeypatch, no_blocking_dialogs):
-    monkeypatch.setitem(sys.modules, "gui.dataset_tab", None)
-    from gui.main_window import MainWindow
+    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", None)
+    from patina.gui.main_window import MainWindow
     engine = FakeEngine(tmp_path, wait_for_stop=True)
     w = MainWindow(restore_session=False, detect_family=False, engine_fn=engine,
                    plan_fn=lambda c: make_plan(tmp_path / "out" / "dog.safetensors"))
@@ -291,16 +291,16 @@ def test_closing_the_window_during_a_run_stops_and_waits(qtbot, tmp_path, monkey
 
 
 def test_real_engine_run_from_the_window(qtbot, tmp_path, monkeypatch):
-    """One real run through the window: core.engine on a tiny SD1 model (CPU, offline), with the model
-    family detected in the background by core.models."""
+    """One real run through the window: patina.core.train.engine on a tiny SD1 model (CPU, offline), with the model
+    family detected in the background by patina.core.models.loading."""
     pytest.importorskip("torch")
     pytest.importorskip("diffusers")
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    from core.tiny import save_tiny_diffusers
-    from gui.main_window import MainWindow
+    from patina.core.models.tiny import save_tiny_diffusers
+    from patina.gui.main_window import MainWindow
     from trainkit import make_dataset, tiny_cfg
 
-    monkeypatch.setitem(sys.modules, "gui.dataset_tab", None)
+    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", None)
     model = save_tiny_diffusers(tmp_path / "model", "sd1")
     data = make_dataset(tmp_path)
     w = MainWindow(restore_session=False)
@@ -321,12 +321,12 @@ def test_real_engine_stop_from_the_window_gives_a_valid_lora(qtbot, tmp_path, mo
     """Loss points and a sample arrive from the real engine; Stop writes a LoRA that verifies."""
     pytest.importorskip("diffusers")
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    from core.lora_io import verify_lora
-    from core.tiny import save_tiny_diffusers
-    from gui.main_window import MainWindow
+    from patina.core.lora.kohya_format import verify_lora
+    from patina.core.models.tiny import save_tiny_diffusers
+    from patina.gui.main_window import MainWindow
     from trainkit import make_dataset, tiny_cfg
 
-    monkeypatch.setitem(sys.modules, "gui.dataset_tab", None)
+    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", None)
     model = save_tiny_diffusers(tmp_path / "model", "sd1")
     data = make_dataset(tmp_path)
     w = MainWindow(restore_session=False, detect_family=False)
@@ -349,8 +349,8 @@ def test_real_engine_stop_from_the_window_gives_a_valid_lora(qtbot, tmp_path, mo
 
 
 def test_missing_engine_is_a_message(monkeypatch):
-    from gui.worker import default_plan, default_train
-    monkeypatch.setitem(sys.modules, "core.engine", None)
+    from patina.gui.worker import default_plan, default_train
+    monkeypatch.setitem(sys.modules, "patina.core.train.engine", None)
     with pytest.raises(PatinaError, match="not part of this installation"):
         default_plan({})
     with pytest.raises(PatinaError, match="training cannot start"):

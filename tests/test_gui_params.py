@@ -8,9 +8,9 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent, QWheelEvent
 from PySide6.QtWidgets import QApplication, QCheckBox, QComboBox, QLineEdit, QPlainTextEdit, QSpinBox
 
-from core.params import BY_KEY, PAGES, PARAMS, defaults
-from gui.param_pages import ParamForm
-from gui.widgets import FloatSpinBox, PathEdit
+from patina.core.config.schema import BY_KEY, PAGES, PARAMS, defaults
+from patina.gui.param_pages import ParamForm
+from patina.gui.widgets import FloatSpinBox, PathEdit
 
 
 @pytest.fixture
@@ -107,14 +107,14 @@ def test_sdxl_options_only_for_sdxl(form):
 
 def test_model_family_is_detected_in_the_background(qtbot, tmp_path, monkeypatch):
     calls = []
-    fake = types.ModuleType("core.models")
+    fake = types.ModuleType("patina.core.models.loading")
 
     def detect_family(path):
         calls.append(path)
         return "sd1" if path.endswith("v15.safetensors") else "sdxl"
 
     fake.detect_family = detect_family
-    monkeypatch.setitem(sys.modules, "core.models", fake)
+    monkeypatch.setitem(sys.modules, "patina.core.models.loading", fake)
     f = ParamForm(detect_family=True)
     qtbot.addWidget(f)
     model = tmp_path / "v15.safetensors"
@@ -130,8 +130,8 @@ def test_model_family_is_detected_in_the_background(qtbot, tmp_path, monkeypatch
 
 
 def test_missing_models_module_is_skipped_quietly(qtbot, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "core.models", None)  # "import core.models" raises ImportError
-    from gui.param_pages import _detect_family
+    monkeypatch.setitem(sys.modules, "patina.core.models.loading", None)  # "import patina.core.models.loading" raises ImportError
+    from patina.gui.param_pages import _detect_family
     assert _detect_family(str(tmp_path)) is None
 
 

@@ -26,7 +26,7 @@ def test_no_long_gui_stall_on_first_contact(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("diffusers")
     pytest.importorskip("pyqtgraph")
-    from core.tiny import save_tiny_diffusers
+    from patina.core.models.tiny import save_tiny_diffusers
 
     model = save_tiny_diffusers(tmp_path / "model", "sd1")
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",

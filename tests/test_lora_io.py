@@ -1,4 +1,4 @@
-"""LoRA files (core.lora_io): metadata, atomic save with A1111 hashes, reading, Verify LoRA."""
+"""LoRA files (patina.core.lora.kohya_format): metadata, atomic save with A1111 hashes, reading, Verify LoRA."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from core.errors import PatinaError
-from core.lora_io import (
+from patina.core.errors import PatinaError
+from patina.core.lora.kohya_format import (
     CLIENTS,
     build_metadata,
     format_verify_report,
@@ -25,8 +25,8 @@ from core.lora_io import (
     tensor_data_hash,
     verify_lora,
 )
-from core.network import NetworkSpec, build_network
-from core.tiny import tiny_sd1_components, tiny_sdxl_components
+from patina.core.lora.network import NetworkSpec, build_network
+from patina.core.models.tiny import tiny_sd1_components, tiny_sdxl_components
 
 VALUES = {
     "LoRA_type": "Kohya LoCon", "network_dim": 16, "network_alpha": 8, "conv_dim": 4, "conv_alpha": 1,

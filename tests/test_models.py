@@ -1,4 +1,4 @@
-"""Offline base-model loading (core.models / core.checkpoint) with tiny random models only.
+"""Offline base-model loading (patina.core.models.loading / patina.core.models.checkpoint_files) with tiny random models only.
 
 Nothing here downloads anything: HF_HUB_OFFLINE=1 (conftest), an empty HF_HOME, and for the loading
 tests the socket layer itself refuses connections.
@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core import tiny
-from core.checkpoint import load_state_dict_safely, read_safetensors_header
-from core.errors import PatinaError
-from core.models import (
+from patina.core.models import tiny
+from patina.core.models.checkpoint_files import load_state_dict_safely, read_safetensors_header
+from patina.core.errors import PatinaError
+from patina.core.models.loading import (
     BaseModel,
     ModelInfo,
     _tokenizer,

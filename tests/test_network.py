@@ -1,4 +1,4 @@
-"""LoRA/LoCon network (core.network): peft injection, kohya names, loading back, block weights, LoRA+, max norm.
+"""LoRA/LoCon network (patina.core.lora.network): peft injection, kohya names, loading back, block weights, LoRA+, max norm.
 
 The acceptance test is ``test_diffusers_loads_exported_file``: a file written by Patina, loaded by diffusers'
 own ``load_lora_weights`` into a fresh tiny pipeline, gives the same UNet and text-encoder outputs as the
@@ -14,9 +14,9 @@ import re
 import pytest
 import torch
 
-from core.errors import PatinaError
-from core.lora_io import build_metadata, save_lora
-from core.network import (
+from patina.core.errors import PatinaError
+from patina.core.lora.kohya_format import build_metadata, save_lora
+from patina.core.lora.network import (
     BLOCK_LAYOUTS,
     LoraNetwork,
     NetworkSpec,
@@ -25,7 +25,7 @@ from core.network import (
     build_network_from_weights,
     lr_weight_preset,
 )
-from core.tiny import tiny_pipeline, tiny_sd1_components, tiny_sdxl_components
+from patina.core.models.tiny import tiny_pipeline, tiny_sd1_components, tiny_sdxl_components
 
 TE_KEY = re.compile(r"^lora_te[12]?_text_model_encoder_layers_\d+_(self_attn_(q|k|v|out)_proj|mlp_fc[12])$")
 SGM_KEY = re.compile(r"^lora_unet_(input_blocks_\d+_\d+|middle_block_\d+|output_blocks_\d+_\d+)_")

@@ -5,10 +5,10 @@ import importlib.util
 import pytest
 import torch
 
-from core.errors import PatinaError
-from core.optim import build_optimizer, build_scheduler, current_lrs, parse_kv_args, warmup_steps
-from core.params import SAMPLERS, defaults
-from core.sampling import make_scheduler, parse_prompt_line, parse_prompts, sample_filename
+from patina.core.errors import PatinaError
+from patina.core.train.optimizers import build_optimizer, build_scheduler, current_lrs, parse_kv_args, warmup_steps
+from patina.core.config.schema import SAMPLERS, defaults
+from patina.core.train.sampling import make_scheduler, parse_prompt_line, parse_prompts, sample_filename
 
 
 def _groups():
@@ -101,7 +101,7 @@ def test_prompt_syntax():
 
 
 def test_every_sampler_builds_a_diffusers_scheduler():
-    from core.tiny import SCHEDULER
+    from patina.core.models.tiny import SCHEDULER
 
     for name in SAMPLERS:
         sched = make_scheduler(name, dict(SCHEDULER))

@@ -258,7 +258,7 @@ def test_windows_scripts_quote_every_path():
         assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b""), f"{bat} needs CRLF line endings"
         body = raw.decode("ascii")
         assert '"%~dp0' in body  # the script's own folder, always quoted
-    assert 'start "" /D "%APP_DIR%" "%PYW%" -m gui.launcher' in (PKG / "patina.bat").read_text(encoding="ascii")
+    assert 'start "" /D "%APP_DIR%" "%PYW%" -m patina.gui.launcher' in (PKG / "patina.bat").read_text(encoding="ascii")
 
 
 def _reuse_this_environment(venv: Path) -> Path:

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import events as E
-from core.atomic import atomic_temp_path, atomic_write_text, clean_leftovers, pid_alive
-from core.config import save_config
-from core.engine import plan, train
-from core.events import Commands
-from core.lora_io import save_lora, verify_lora
-from core.tiny import save_tiny_diffusers
+from patina.core.train import events as E
+from patina.core.atomic import atomic_temp_path, atomic_write_text, clean_leftovers, pid_alive
+from patina.core.config.files import save_config
+from patina.core.train.engine import plan, train
+from patina.core.train.events import Commands
+from patina.core.lora.kohya_format import save_lora, verify_lora
+from patina.core.models.tiny import save_tiny_diffusers
 from trainkit import Collector, make_dataset, tiny_cfg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +131,7 @@ def test_ctrl_c_in_the_cli_saves_under_a_step_name_and_keeps_the_finished_file(s
     finished.write_bytes(b"a finished LoRA from an earlier run")
     preset = save_config(tmp_path / "p.json", tiny_cfg(sd1_dir, data, out, epoch=200))
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "core", "train", str(preset), "--overwrite", "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "patina.core", "train", str(preset), "--overwrite", "--quiet"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
@@ -159,8 +159,8 @@ def test_ctrl_c_in_the_cli_saves_under_a_step_name_and_keeps_the_finished_file(s
 def _fail_writes_in(monkeypatch, folder: Path, error: OSError, where: str = "commit") -> None:
     """Make every atomic write into *folder* fail like a full disk (after the data was written) or a
     folder without write permission (when the file is created)."""
-    import core.atomic as atomic
-    import core.lora_io as lora_io
+    import patina.core.atomic as atomic
+    import patina.core.lora.kohya_format as lora_io
 
     if where == "commit":
         real = lora_io.commit_temp
@@ -277,7 +277,7 @@ def test_kill_during_a_save_leaves_the_old_file_and_the_next_run_cleans_up(sd1_d
     # a process killed (SIGKILL) while it writes the new file
     crash = textwrap.dedent(f"""
         import os, signal
-        from core.atomic import atomic_temp_path
+        from patina.core.atomic import atomic_temp_path
         tmp = atomic_temp_path({str(target)!r})
         with open(tmp, "wb") as fh:
             fh.write(b"half of a new LoRA")
@@ -340,8 +340,8 @@ def test_saved_files_honour_the_umask(tmp_path, umask022):
 # --- a bad LoRA file is reported as broken ------------------------------------------------------------------
 
 def _lora_for(model_dir, conv_dim=0):
-    from core.models import load_base_model
-    from core.network import NetworkSpec, build_network
+    from patina.core.models.loading import load_base_model
+    from patina.core.lora.network import NetworkSpec, build_network
 
     base = load_base_model(model_dir)
     net = build_network(base.unet, base.text_encoders, base.family,
@@ -351,8 +351,8 @@ def _lora_for(model_dir, conv_dim=0):
 
 
 def test_verify_reports_shapes_that_do_not_fit_together_for_every_loader(tmp_path, capsys):
-    from core.cli import main as cli
-    from core.lora_io import CLIENTS
+    from patina.core.cli import main as cli
+    from patina.core.lora.kohya_format import CLIENTS
 
     good = {"lora_unet_a_to_k.lora_down.weight": torch.randn(4, 8), "lora_unet_a_to_k.lora_up.weight": torch.randn(8, 4),
             "lora_unet_a_to_k.alpha": torch.tensor(4.0)}
@@ -381,7 +381,7 @@ def test_verify_reports_shapes_that_do_not_fit_together_for_every_loader(tmp_pat
 
 
 def test_verify_against_the_base_model(sd1_dir, tmp_path, tmp_path_factory, capsys):
-    from core.cli import main as cli
+    from patina.core.cli import main as cli
 
     sd = _lora_for(sd1_dir, conv_dim=2)
     path = tmp_path / "fits.safetensors"
@@ -442,7 +442,7 @@ def test_long_captions_warn_with_the_token_count(sd1_dir, data, tmp_path):
 def test_an_unreadable_image_says_permission_denied(tmp_path, monkeypatch):
     from PIL import Image
 
-    import core.dataset.images as images
+    import patina.core.dataset.images as images
 
     path = tmp_path / "locked.png"
     Image.new("RGB", (8, 8)).save(path)
@@ -464,7 +464,7 @@ def test_an_unreadable_image_says_permission_denied(tmp_path, monkeypatch):
 
 def test_dataset_prepare_skips_broken_images_and_lists_them(tmp_path, capsys, umask022):
     import imagefactory as imgs
-    from core.cli import main as cli
+    from patina.core.cli import main as cli
 
     src = tmp_path / "src"
     make_dataset(tmp_path / "made", n=2)

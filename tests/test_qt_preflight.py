@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gui import qt_preflight as qp
+from patina.gui import qt_preflight as qp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -153,7 +153,7 @@ def launcher_env(tmp_path: Path, **extra) -> dict:
 def test_launcher_without_a_display_explains_logs_and_notifies(tmp_path):
     platforms_dir()
     env = launcher_env(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "gui.launcher"], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "patina.gui.launcher"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stderr  # before the check: Qt's abort, exit 134
     assert "no display found" in r.stderr and "patina train" in r.stderr and "Traceback" not in r.stderr
     log = tmp_path / "state" / "patina" / "launcher.log"
@@ -167,7 +167,7 @@ def test_launcher_with_a_missing_library_prints_the_install_command(tmp_path, x_
     platforms_dir()
     env = launcher_env(tmp_path, DISPLAY=x_display)
     fake_ldd(tmp_path / "tools", NO_CURSOR)
-    r = subprocess.run([sys.executable, "-m", "gui.launcher"], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "patina.gui.launcher"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stderr
     assert "libxcb-cursor.so.0" in r.stderr
     family = qp.package_family()
@@ -179,11 +179,11 @@ def test_launcher_with_a_missing_library_prints_the_install_command(tmp_path, x_
 def test_headless_commands_and_screenshots_still_work_without_a_display(tmp_path):
     platforms_dir()
     env = launcher_env(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "gui.launcher", "--version"], env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "patina.gui.launcher", "--version"], env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("patina ")
     out = tmp_path / "shot é.png"
-    r = subprocess.run([sys.executable, "-m", "gui.launcher", "--screenshot", str(out), "--size", "640x480"],
+    r = subprocess.run([sys.executable, "-m", "patina.gui.launcher", "--screenshot", str(out), "--size", "640x480"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -210,7 +210,7 @@ def test_a_crash_inside_qt_started_from_the_menu_is_shown(tmp_path):
 
 
 def test_a_startup_exception_is_reported_not_a_traceback_only(tmp_path, monkeypatch):
-    from gui import launcher
+    from patina.gui import launcher
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.delenv("PATINA_STATE_DIR", raising=False)
@@ -218,12 +218,12 @@ def test_a_startup_exception_is_reported_not_a_traceback_only(tmp_path, monkeypa
     shown = []
     monkeypatch.setattr(launcher, "notify", lambda title, body: shown.append((title, body)) or True)
     monkeypatch.setattr(launcher, "_interactive", lambda: False)
-    import gui.app
+    import patina.gui.app
 
     def boom(argv):
         raise RuntimeError("no OpenGL context " + uuid.uuid4().hex[:6])
 
-    monkeypatch.setattr(gui.app, "run_app", boom)
+    monkeypatch.setattr(patina.gui.app, "run_app", boom)
     assert launcher.main(["--gui"]) == 1
     log = (tmp_path / "state" / "patina" / "launcher.log").read_text(encoding="utf-8")
     assert "RuntimeError: no OpenGL context" in log and "Traceback" in log

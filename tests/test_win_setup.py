@@ -135,7 +135,7 @@ def test_the_powershell_script_delegates_and_is_encoding_safe():
 def test_pythonw_start_up_failure_shows_a_message_box_and_writes_the_log(tmp_path, monkeypatch):
     import ctypes
 
-    from gui import launcher
+    from patina.gui import launcher
 
     boxes = []
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.atomic import atomic_write_text
+from patina.core.atomic import atomic_write_text
 
 DEFAULT_CAPTION_EXTENSION = ".txt"
 

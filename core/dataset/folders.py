@@ -7,7 +7,7 @@ per epoch; its caption is the sidecar file (``photo.txt``) or, without one, the 
 
 :func:`scan_dataset` only reads. Bad files are reported with a reason and left out; layout mistakes are
 reported by folder name with the fix; when nothing at all can be trained it raises
-:class:`~core.errors.PatinaError` listing why.
+:class:`~patina.core.errors.PatinaError` listing why.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.dataset.captions import caption_for_image, caption_path, normalize_extension
-from core.dataset.images import ImageCheck, is_image_name, probe_image
-from core.errors import PatinaError
+from patina.core.dataset.captions import caption_for_image, caption_path, normalize_extension
+from patina.core.dataset.images import ImageCheck, is_image_name, probe_image
+from patina.core.errors import PatinaError
 
 CONCEPT_FOLDER_RE = re.compile(r"^(\d+)_(.*)$", re.DOTALL)
 

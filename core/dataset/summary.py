@@ -8,10 +8,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.dataset.buckets import BucketSet, Size, format_size, histogram, parse_resolution
-from core.dataset.captions import SOURCE_FILE, SOURCE_FOLDER, tag_frequency
-from core.dataset.folders import DatasetScan, ImageEntry, SkippedFile
-from core.errors import PatinaError
+from patina.core.dataset.buckets import BucketSet, Size, format_size, histogram, parse_resolution
+from patina.core.dataset.captions import SOURCE_FILE, SOURCE_FOLDER, tag_frequency
+from patina.core.dataset.folders import DatasetScan, ImageEntry, SkippedFile
+from patina.core.errors import PatinaError
 
 
 @dataclass

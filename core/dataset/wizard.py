@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.atomic import new_dir_mode, new_file_mode
-from core.dataset.folders import parse_concept_folder
-from core.dataset.images import is_image_name, probe_image
-from core.errors import PatinaError
+from patina.core.atomic import new_dir_mode, new_file_mode
+from patina.core.dataset.folders import parse_concept_folder
+from patina.core.dataset.images import is_image_name, probe_image
+from patina.core.errors import PatinaError
 
 # Sidecars that are caches, not user data: rebuilt by training, not worth copying.
 _SKIPPED_SIDECARS = (".npz",)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.dataset.buckets import parse_resolution
+from patina.core.dataset.buckets import parse_resolution
 
 
 def _int_at_least(minimum: int):
@@ -73,8 +73,8 @@ def register(subparsers) -> None:
 
 
 def run_check(args) -> int:
-    from core.dataset.folders import scan_dataset
-    from core.dataset.summary import format_summary, summarize
+    from patina.core.dataset.folders import scan_dataset
+    from patina.core.dataset.summary import format_summary, summarize
 
     scan = scan_dataset(args.image_dir, args.reg, args.caption_extension, min_size=args.min_bucket_reso)
     summary = summarize(scan, batch_size=args.batch_size, epochs=args.epochs, grad_accum=args.grad_accum,
@@ -87,7 +87,7 @@ def run_check(args) -> int:
 
 
 def run_prepare(args) -> int:
-    from core.dataset.wizard import prepare_folders
+    from patina.core.dataset.wizard import prepare_folders
 
     result = prepare_folders(args.instance, args.class_prompt, args.images, args.repeats, args.dest,
                              args.reg, args.reg_repeats)

@@ -4,7 +4,7 @@ Accepted inputs:
 
 * a **diffusers folder** (the one holding ``model_index.json``);
 * a **single-file checkpoint** in the original LDM / A1111 layout: ``.safetensors`` (preferred) or a
-  pickled ``.ckpt``/``.pt``, read through :mod:`core.checkpoint`'s restricted loader;
+  pickled ``.ckpt``/``.pt``, read through :mod:`patina.core.models.checkpoint_files`'s restricted loader;
 * optionally a separate **VAE**: an LDM-layout VAE file, a diffusers-layout VAE file, or a diffusers
   ``vae`` folder.
 
@@ -19,7 +19,7 @@ encoder) and loaded strictly, so a truncated file is reported instead of silentl
 The model family is read from the checkpoint's tensor names (``conditioner.`` → SDXL,
 ``cond_stage_model.model.`` → SD2, ``cond_stage_model.transformer.`` → SD1), or for a diffusers folder
 from its UNet/text-encoder configs. Everything a user can get wrong raises one
-:class:`~core.errors.PatinaError` that says what was found, what is supported and what to do.
+:class:`~patina.core.errors.PatinaError` that says what was found, what is supported and what to do.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 if TYPE_CHECKING:  # torch is imported where weights are loaded: detect_family stays light (the GUI calls it)
     import torch
 
-from .checkpoint import (
+from patina.core.models.checkpoint_files import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIXES,
     describe_file,
@@ -42,8 +42,8 @@ from .checkpoint import (
     read_safetensors_header,
     sniff_format,
 )
-from .errors import PatinaError
-from .paths import resources_dir
+from patina.core.errors import PatinaError
+from patina.core.paths import resources_dir
 
 __all__ = [
     "FAMILIES", "BaseModel", "ModelInfo", "detect_family", "load_base_model", "load_state_dict_safely", "load_vae",

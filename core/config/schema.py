@@ -181,7 +181,7 @@ def _check_lr_weights(value: str) -> str | None:
 
 def parse_resolution(value: str) -> tuple[int, int]:
     """``"512,512"``, ``"768x512"`` or ``"512"`` → (width, height), each 64–4096. Raises ValueError with a message."""
-    from core.dataset.buckets import parse_resolution as parse_size  # the one parser; range checked here
+    from patina.core.dataset.buckets import parse_resolution as parse_size  # the one parser; range checked here
 
     try:
         w, h = parse_size(value)

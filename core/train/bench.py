@@ -13,7 +13,7 @@ import os
 import platform
 import time
 
-from core.paths import resources_dir
+from patina.core.paths import resources_dir
 
 # Dense BF16/FP16 tensor peak with FP32 accumulate, TFLOPS (vendor specs; performance.md §3.4).
 PEAK_TFLOPS = {
@@ -33,7 +33,7 @@ def _unet(model: str):
     from diffusers import UNet2DConditionModel
 
     if model == "tiny":
-        from core.tiny import SD1_UNET
+        from patina.core.models.tiny import SD1_UNET
 
         return UNet2DConditionModel(**SD1_UNET), "sd1", 32
     folder = {"sd15": "sd1", "sdxl": "sdxl"}[model]
@@ -61,7 +61,7 @@ def run_bench(*, model: str = "tiny", resolution: int | None = None, batch_size:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from core.network import NetworkSpec, build_network
+    from patina.core.lora.network import NetworkSpec, build_network
 
     from diffusers.utils import logging as dlog
 
@@ -141,7 +141,7 @@ def run_bench(*, model: str = "tiny", resolution: int | None = None, batch_size:
     }
 
 
-def main() -> None:  # pragma: no cover - convenience for `python -m core.bench`
+def main() -> None:  # pragma: no cover - convenience for `python -m patina.core.train.bench`
     print(json.dumps(run_bench(), indent=2))
 
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from core import __version__
-from core.atomic import atomic_write_text
-from core.errors import PatinaError
-from core.params import (BY_KEY, PARAMS, SCHEMA_VERSION, Problem, ValueProblem, check_values, coerce, defaults,
+from patina.core import __version__
+from patina.core.atomic import atomic_write_text
+from patina.core.errors import PatinaError
+from patina.core.config.schema import (BY_KEY, PARAMS, SCHEMA_VERSION, Problem, ValueProblem, check_values, coerce, defaults,
                          errors, non_default, parse_text)
-from core.paths import resources_dir, user_presets_dir
+from patina.core.paths import resources_dir, user_presets_dir
 
 # Keys in a Patina file that are not parameters.
 META_KEYS = ("schema_version", "app", "preset_name", "preset_description")
@@ -373,7 +373,7 @@ def import_kohya(data: Mapping[str, Any]) -> LoadResult:
             values[key] = coerce(BY_KEY[key], value)
         except ValueProblem as exc:
             problems.append(Problem(key, str(exc), value))
-    from core.params import cross_check
+    from patina.core.config.schema import cross_check
     problems.extend(cross_check(values))
     all_unknown = [k for k in src if k not in BY_KEY and k not in _KOHYA_HANDLED]
     return LoadResult(values=values, problems=problems, unknown=sorted(all_unknown),

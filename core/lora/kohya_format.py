@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from core import __version__
-from core.atomic import atomic_temp_path, commit_temp
-from core.errors import PatinaError
+from patina.core import __version__
+from patina.core.atomic import atomic_temp_path, commit_temp
+from patina.core.errors import PatinaError
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 FORBIDDEN_METADATA = ("lora_adapter_metadata",)
@@ -581,8 +581,8 @@ def _base_shape_problem(tensors: Mapping[str, Any], kind: str, shape: tuple[int,
 
 def base_model_shapes(model: str | os.PathLike) -> tuple[str, dict[str, tuple[str, tuple[int, ...]]]]:
     """(family, {kohya module name: (kind, weight shape)}) of a base model, for :func:`verify_lora`."""
-    from core.models import load_base_model
-    from core.network import module_shapes
+    from patina.core.models.loading import load_base_model
+    from patina.core.lora.network import module_shapes
 
     base = load_base_model(model)
     return base.family, module_shapes(base.unet, base.text_encoders, base.family)

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from core.dataset.buckets import BucketSet, resize_and_crop
-from core.dataset.captions import process_caption
-from core.dataset.folders import DatasetScan, ImageEntry
-from core.dataset.images import load_rgb
-from core.params import parse_resolution
+from patina.core.dataset.buckets import BucketSet, resize_and_crop
+from patina.core.dataset.captions import process_caption
+from patina.core.dataset.folders import DatasetScan, ImageEntry
+from patina.core.dataset.images import load_rgb
+from patina.core.config.schema import parse_resolution
 
 
 @dataclass(frozen=True)

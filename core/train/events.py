@@ -45,7 +45,7 @@ class Plan:
     family: str
     text: str                # the whole plan as readable text
     reg_samples: int = 0     # regularisation samples per epoch (as many as training samples, or 0)
-    arithmetic: str = ""     # how the steps come about (core.dataset.summary.EpochArithmetic.text)
+    arithmetic: str = ""     # how the steps come about (patina.core.dataset.summary.EpochArithmetic.text)
     warnings: list = field(default_factory=list)   # dataset warnings, one line each
 
 

@@ -10,7 +10,7 @@ import ast
 import math
 from typing import Any, Iterable
 
-from core.errors import PatinaError
+from patina.core.errors import PatinaError
 
 
 def parse_kv_args(text: str, field: str) -> dict[str, Any]:

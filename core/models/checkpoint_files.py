@@ -26,7 +26,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import PatinaError
+from patina.core.errors import PatinaError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 
-from core.errors import PatinaError
+from patina.core.errors import PatinaError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +49,7 @@ class _Printer:
         self.bar = None
 
     def __call__(self, ev) -> None:
-        from core import events as E
+        from patina.core.train import events as E
 
         if isinstance(ev, E.Plan):
             print(ev.text, flush=True)
@@ -98,14 +98,14 @@ def _quiet_libraries() -> None:
 
 def _train(args) -> int:
     _quiet_libraries()
-    from core.config import apply_overrides, format_load_report, read_config
-    from core.events import Commands
+    from patina.core.config.files import apply_overrides, format_load_report, read_config
+    from patina.core.train.events import Commands
 
     result = read_config(args.config)
     if result.kohya or result.unknown or result.warnings:
         print(format_load_report(result, args.config))
     values = apply_overrides(result.values, args.sets)
-    from core.params import check_values, errors
+    from patina.core.config.schema import check_values, errors
 
     _, problems = check_values(values)
     if errors(problems):
@@ -121,7 +121,7 @@ def _train(args) -> int:
 
     old = signal.signal(signal.SIGINT, on_sigint)
     try:
-        from core.engine import train
+        from patina.core.train.engine import train
 
         fin = train(values, _Printer(args.quiet), commands, resume=args.resume, overwrite=args.overwrite)
     finally:
@@ -135,7 +135,7 @@ def _train(args) -> int:
 
 
 def _verify(args) -> int:
-    from core.lora_io import format_verify_report, verify_lora
+    from patina.core.lora.kohya_format import format_verify_report, verify_lora
 
     report = verify_lora(args.file, model=args.model)
     print(format_verify_report(report))
@@ -143,7 +143,7 @@ def _verify(args) -> int:
 
 
 def _bench(args) -> int:
-    from core.bench import run_bench
+    from patina.core.train.bench import run_bench
 
     result = run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size,
                        gradient_checkpointing=args.gradient_checkpointing, steps=args.steps, warmup=args.warmup,

@@ -1,12 +1,12 @@
 """The training engine: one readable step loop with typed events out and commands in.
 
 ``train(cfg, emit, commands)`` runs a whole LoRA/LoCon training for a complete config (see
-core.params) and returns a :class:`~core.events.Finished`. It never raises for user errors: a bad
+patina.core.config.schema) and returns a :class:`~patina.core.train.events.Finished`. It never raises for user errors: a bad
 setting, a missing folder, a broken model file, CUDA out-of-memory or a NaN loss all end in
 ``Finished(status="failed", message=...)`` with a message that says what to change, after saving the
 last good state where there is one.
 
-``plan(cfg)`` checks the settings and the dataset and returns the :class:`~core.events.Plan` without
+``plan(cfg)`` checks the settings and the dataset and returns the :class:`~patina.core.train.events.Plan` without
 loading any model (the GUI shows it before starting).
 
 Runs headless and under ``accelerate launch`` (several processes: only the main one writes files and
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from core.errors import PatinaError
-from core.events import (Commands, Emit, EpochEnd, Finished, Log, Metrics, Plan, Progress, Sample, Saved, Status)
-from core.params import check_values, errors, parse_resolution, training_lrs
+from patina.core.errors import PatinaError
+from patina.core.train.events import (Commands, Emit, EpochEnd, Finished, Log, Metrics, Plan, Progress, Sample, Saved, Status)
+from patina.core.config.schema import check_values, errors, parse_resolution, training_lrs
 
 STATE_FILES = ("lora.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "train_state.json")
 
@@ -43,7 +43,7 @@ STATE_FILES = ("lora.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "tr
 class RunPlan:
     cfg: dict
     scan: object
-    data: object            # core.train_data.DatasetPlan
+    data: object            # patina.core.train.batches.DatasetPlan
     seed: int
     batches_per_epoch: int
     steps_per_epoch: int
@@ -77,9 +77,9 @@ def validated(cfg: dict) -> dict:
 
 
 def make_plan(cfg: dict, *, seed: int | None = None, num_processes: int = 1) -> RunPlan:
-    from core.dataset.folders import scan_dataset
-    from core.dataset.summary import upscale_warning
-    from core.train_data import DatasetPlan
+    from patina.core.dataset.folders import scan_dataset
+    from patina.core.dataset.summary import upscale_warning
+    from patina.core.train.batches import DatasetPlan
 
     cfg = validated(cfg)
     scan = scan_dataset(cfg["train_data_dir"], cfg["reg_data_dir"] or None, cfg["caption_extension"],
@@ -110,7 +110,7 @@ def make_plan(cfg: dict, *, seed: int | None = None, num_processes: int = 1) -> 
 
 
 def plan_event(rp: RunPlan, family: str = "auto") -> Plan:
-    from core.dataset.summary import scan_arithmetic
+    from patina.core.dataset.summary import scan_arithmetic
 
     scan, cfg = rp.scan, rp.cfg
     arithmetic = scan_arithmetic(scan, cfg["train_batch_size"], cfg["gradient_accumulation_steps"],
@@ -151,7 +151,7 @@ def plan(cfg: dict) -> Plan:
     rp = make_plan(cfg)
     if family == "auto":
         try:
-            from core.models import detect_family
+            from patina.core.models.loading import detect_family
 
             family = detect_family(rp.cfg["pretrained_model_name_or_path"]).family
         except PatinaError:
@@ -285,7 +285,7 @@ class Trainer:
     def _load_models(self) -> None:
         import torch
 
-        from core.models import load_base_model
+        from patina.core.models.loading import load_base_model
 
         from diffusers.utils import logging as dlog
 
@@ -354,13 +354,13 @@ class Trainer:
     def _build_network(self) -> None:
         import torch
 
-        from core.network import NetworkSpec, build_network, build_network_from_weights
+        from patina.core.lora.network import NetworkSpec, build_network, build_network_from_weights
         cfg = self.cfg
         lrs = training_lrs(cfg)
         self.train_unet, self.train_te = lrs.train_unet, lrs.train_text_encoder
         weights_sd = None
         if cfg["network_weights"]:
-            from core.lora_io import read_lora
+            from patina.core.lora.kohya_format import read_lora
 
             weights_sd, _ = read_lora(cfg["network_weights"])
 
@@ -408,7 +408,7 @@ class Trainer:
 
     # -- caching -------------------------------------------------------------------------------------------
     def _cache(self) -> None:
-        from core.train_data import can_cache_latents, captions_are_static
+        from patina.core.train.batches import can_cache_latents, captions_are_static
 
         self.latent_cache: dict | None = None
         self.te_cache: dict | None = None
@@ -432,9 +432,9 @@ class Trainer:
         import torch
         from safetensors.torch import load_file, save_file
 
-        from core.atomic import atomic_temp_path, commit_temp
-        from core.paths import user_cache_dir
-        from core.train_data import latent_cache_key, prepare_image
+        from patina.core.atomic import atomic_temp_path, commit_temp
+        from patina.core.paths import user_cache_dir
+        from patina.core.train.batches import latent_cache_key, prepare_image
 
         data = self.rp.data
         flips = (False, True) if self.cfg["flip_aug"] else (False,)
@@ -535,7 +535,7 @@ class Trainer:
     def _encode_text(self, captions: list[str], *, unwrapped: bool = False):
         from types import SimpleNamespace
 
-        from core.text import encode_prompts
+        from patina.core.models.text import encode_prompts
 
         # while the text encoders train, call the prepared (DDP-wrapped) modules so gradients are synced
         # (sampling runs on the main process only and must not call a DDP forward: unwrapped=True)
@@ -548,7 +548,7 @@ class Trainer:
 
     # -- optimizer ---------------------------------------------------------------------------------------------
     def _build_optimizer(self) -> None:
-        from core.optim import build_optimizer, build_scheduler
+        from patina.core.train.optimizers import build_optimizer, build_scheduler
 
         cfg = self.cfg
         base_ratio = cfg["loraplus_lr_ratio"]
@@ -614,8 +614,8 @@ class Trainer:
     def _micro_step(self, batch, micro: int, acc_losses: list, ga: int):
         import torch
 
-        from core import losses as L
-        from core.train_data import _seed
+        from patina.core.train import losses as L
+        from patina.core.train.batches import _seed
 
         acc = self.accelerator
         gen = torch.Generator("cpu").manual_seed(_seed(self.seed, "noise", self.epoch, micro, acc.process_index))
@@ -649,7 +649,7 @@ class Trainer:
     def _latents_for(self, batch, micro):
         import torch
 
-        from core.train_data import _seed, prepare_image
+        from patina.core.train.batches import _seed, prepare_image
 
         dev = self.accelerator.device
         if self.latent_cache is not None:
@@ -668,7 +668,7 @@ class Trainer:
     def _text_for(self, batch, micro):
         import torch
 
-        from core.train_data import caption_for_step
+        from patina.core.train.batches import caption_for_step
 
         dev = self.accelerator.device
         if self.te_cache is not None:
@@ -692,7 +692,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _after_step(self, loss: float) -> bool:
-        from core.optim import current_lrs
+        from patina.core.train.optimizers import current_lrs
 
         cfg, rp = self.cfg, self.rp
         if cfg["scale_weight_norms"] > 0:
@@ -769,8 +769,8 @@ class Trainer:
         return Path(self.cfg["output_dir"]) / f"{stem}-state"
 
     def _metadata(self) -> dict:
-        from core.dataset.captions import tag_frequency
-        from core.lora_io import build_metadata
+        from patina.core.dataset.captions import tag_frequency
+        from patina.core.lora.kohya_format import build_metadata
 
         rp = self.rp
         freq = {}
@@ -795,7 +795,7 @@ class Trainer:
         """Write the LoRA to *path*; raises :class:`_SaveFailed` on every process when the write fails."""
         import torch
 
-        from core.lora_io import save_lora
+        from patina.core.lora.kohya_format import save_lora
 
         acc = self.accelerator
         acc.wait_for_everyone()
@@ -913,8 +913,8 @@ class Trainer:
     def _sample(self, epoch: int | None) -> None:
         import torch
 
-        from core.atomic import atomic_temp_path, commit_temp
-        from core.sampling import make_scheduler, parse_prompts, sample_filename
+        from patina.core.atomic import atomic_temp_path, commit_temp
+        from patina.core.train.sampling import make_scheduler, parse_prompts, sample_filename
 
         cfg, acc = self.cfg, self.accelerator
         if not cfg["sample_prompts"].strip():
@@ -1071,7 +1071,7 @@ class Trainer:
         folder. What cannot be saved there (disk full, no permission, a folder that disappeared) is saved in
         the rescue folder of the user data folder instead; the weights stay in memory until then.
         Returns (LoRA path, state folder, a message about what went wrong, "" when nothing did)."""
-        from core.paths import rescue_dir
+        from patina.core.paths import rescue_dir
 
         lora = state = None
         failures: list[_SaveFailed] = []
@@ -1111,7 +1111,7 @@ class Trainer:
 
     def _clean_leftovers(self) -> None:
         """Remove temporary files and state folders that a crashed run left in the output folder."""
-        from core.atomic import clean_leftovers
+        from patina.core.atomic import clean_leftovers
 
         if self.accelerator is not None and not self.accelerator.is_main_process:
             return

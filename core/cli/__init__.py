@@ -1,8 +1,8 @@
 """The ``patina`` command line (headless).
 
-Subcommands are registered by small modules (``core.cli_config``, ``core.dataset.commands``, ...),
+Subcommands are registered by small modules (``patina.core.cli.config``, ``patina.core.cli.dataset``, ...),
 each exposing ``register(subparsers)``; a subcommand's handler takes the parsed namespace and returns an
-exit code. A :class:`~core.errors.PatinaError` ends the command with its message and exit code 2, never
+exit code. A :class:`~patina.core.errors.PatinaError` ends the command with its message and exit code 2, never
 with a traceback.
 """
 
@@ -12,15 +12,15 @@ import argparse
 import importlib
 import sys
 
-from core import __version__
-from core.errors import PatinaError
+from patina.core import __version__
+from patina.core.errors import PatinaError
 
 # Modules that add subcommands. Listed by name so that ``patina --help`` stays fast: each module
 # keeps its heavy imports (torch, diffusers) inside the handlers.
 COMMAND_MODULES = (
-    "core.cli_config",
-    "core.dataset.commands",
-    "core.cli_train",
+    "patina.core.cli.config",
+    "patina.core.cli.dataset",
+    "patina.core.cli.train",
 )
 
 

@@ -42,7 +42,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
-from core.errors import PatinaError
+from patina.core.errors import PatinaError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

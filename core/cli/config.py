@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core import config as cfgmod
-from core.errors import PatinaError
-from core.params import defaults
+from patina.core.config import files as cfgmod
+from patina.core.errors import PatinaError
+from patina.core.config.schema import defaults
 
 
 def register(sub: argparse._SubParsersAction) -> None:

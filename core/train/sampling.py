@@ -12,8 +12,8 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
-from core.errors import PatinaError
-from core.params import SAMPLERS
+from patina.core.errors import PatinaError
+from patina.core.config.schema import SAMPLERS
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Configuration: the parameter schema, config files and presets, kohya_ss interop."""

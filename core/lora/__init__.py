@@ -1,0 +1,1 @@
+"""LoRA networks (peft) and the kohya LoRA file format: keys, metadata, saving, verifying."""

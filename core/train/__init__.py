@@ -1,0 +1,1 @@
+"""Training: the engine's step loop, its events, optimizers, losses, sampling, batches, benchmarks."""
