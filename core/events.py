@@ -44,6 +44,7 @@ class Plan:
     output_path: str
     family: str
     text: str                # the whole plan as readable text
+    problems: list = field(default_factory=list)  # core.params.Problem from the pre-flight check (core.preflight)
 
 
 @dataclass(frozen=True)
