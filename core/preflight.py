@@ -119,14 +119,14 @@ def check_device(cfg: Mapping[str, Any], device: DeviceInfo) -> list[Problem]:
                            f"install it with `pip install {pip}`, or choose another optimizer", opt))
     mp = cfg["mixed_precision"]
     if not device.cuda and mp == "fp16":
-        out.append(Problem("mixed_precision", "fp16 mixed precision needs a GPU; without one the run trains in full "
+        out.append(Problem("mixed_precision", "Mixed precision fp16 needs a GPU; without one the run trains in full "
                            "precision anyway, so set it to 'no'", mp, "warning", fix={"mixed_precision": "no"}))
     elif not device.cuda and mp == "bf16":
-        out.append(Problem("mixed_precision", "bf16 on the CPU is emulated and slower than full precision here; "
-                           "set it to 'no'", mp, "warning", fix={"mixed_precision": "no"}))
+        out.append(Problem("mixed_precision", "Mixed precision bf16 on the CPU is emulated and slower than full "
+                           "precision; set it to 'no'", mp, "warning", fix={"mixed_precision": "no"}))
     elif device.cuda and mp == "bf16" and not device.bf16:
-        out.append(Problem("mixed_precision", f"{device.name} does not support bf16 (it needs an RTX 30 series or "
-                           "newer); use fp16", mp, fix={"mixed_precision": "fp16"}))
+        out.append(Problem("mixed_precision", f"Mixed precision bf16 is not supported by {device.name} (it needs an RTX "
+                           "30 series or newer); use fp16", mp, fix={"mixed_precision": "fp16"}))
     if cfg["xformers"] == "xformers":
         if not device.cuda:
             why = "needs a CUDA GPU"

@@ -209,10 +209,18 @@ class MainWindow(QMainWindow):
         if restore_session:
             self._restore_session()
         self.sync_dataset_tab()
-        if probe_device if probe_device is not None else restore_session:
-            from gui.worker import BackgroundCall
+        self._probe_device = restore_session if probe_device is None else probe_device
+        self._probing = False
+        if self._probe_device and self.path is None and self.imported_from is None:
+            self._start_probe()
 
-            BackgroundCall(_machine_defaults).start(self._machine_known, lambda exc: None)
+    def _start_probe(self) -> None:
+        if self._probing or not self._probe_device:
+            return
+        from gui.worker import BackgroundCall
+
+        self._probing = True
+        BackgroundCall(_machine_defaults).start(self._machine_known, lambda exc: None)
 
     def _machine_known(self, result: tuple[dict, str]) -> None:
         """The device is known: a new, untouched config takes the defaults this machine can run."""
@@ -379,6 +387,8 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("New configuration with the default settings.", 5000)
         if self.machine_defaults:
             self._apply_machine_defaults()
+        else:
+            self._start_probe()
 
     def open_dialog(self) -> None:
         if not self.maybe_save("opening another file"):
@@ -754,10 +764,26 @@ class MainWindow(QMainWindow):
 
 
 def _machine_defaults() -> tuple[dict, str]:
-    """Run in the background: probing the device imports torch."""
-    from core.preflight import machine_defaults, probe_device
+    """Run in the background. Probing the device needs torch: when it is not imported yet, the probe runs in a
+    separate Python process so that importing torch never holds up the window."""
+    import sys
 
-    return machine_defaults(probe_device())
+    if "torch" in sys.modules:
+        from core.preflight import machine_defaults, probe_device
+
+        return machine_defaults(probe_device())
+    import json
+    import subprocess
+
+    import core
+
+    root = str(Path(core.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
+    code = ("import json; from core.preflight import machine_defaults, probe_device; "
+            "print(json.dumps(machine_defaults(probe_device())))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    changes, note = json.loads(done.stdout.strip().splitlines()[-1])
+    return dict(changes), str(note)
 
 
 def _bar_label(text: str, parent) -> QLabel:

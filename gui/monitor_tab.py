@@ -139,7 +139,8 @@ class PlanDialog(QDialog):
             for r, p in enumerate(sorted(problems, key=lambda p: p.severity != "error")):
                 error = p.severity == "error"
                 text = p.message[:1].upper() + p.message[1:] if p.key == "device" else problem_text(p)
-                lab = QLabel(("⛔ " if error else "⚠ ") + html.escape(text), self)
+                lab = QLabel(("<b>Fix first:</b> " if error else "⚠ ") + html.escape(text), self)
+                lab.setTextFormat(Qt.TextFormat.RichText)
                 lab.setWordWrap(True)
                 lab.setStyleSheet("color: #b00020;" if error else "color: #7a4b00;")
                 box.addWidget(lab, r, 0)
@@ -164,12 +165,14 @@ class PlanDialog(QDialog):
         self.start_button.setDefault(True)
         if self.blocking:
             self.start_button.setEnabled(False)
-            self.start_button.setToolTip("Fix the problems marked ⛔ first")
+            self.start_button.setToolTip("Fix the problems marked “Fix first” before training")
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
         lines = (plan.text or "").count("\n") + 1
         self.resize(640, 400 + min(12, lines) * details.fontMetrics().lineSpacing() if plan.text else 380)
+        if problems:
+            self.resize(self.width(), self.height() + 48 * len(problems))
 
     def _choose_fix(self, fix: dict) -> None:
         self.chosen_fix = fix

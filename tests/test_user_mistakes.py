@@ -602,6 +602,8 @@ def test_plan_dialog_fix_applies_the_setting_and_plans_again(qtbot, tmp_path, mo
 def test_new_config_in_the_window_uses_the_machine_defaults(qtbot, monkeypatch):
     from gui.main_window import MainWindow
 
+    import torch  # noqa: F401 - loaded: the window probes in-process (the patched probe below)
+
     monkeypatch.setitem(sys.modules, "gui.dataset_tab", None)
     monkeypatch.setattr(preflight, "probe_device", lambda: NO_GPU)
     w = MainWindow(restore_session=False, detect_family=False, probe_device=True)
@@ -621,3 +623,13 @@ def test_gui_modules_do_not_import_torch():
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parent.parent).returncode == 0
+
+
+def test_the_window_probes_the_device_in_another_process_until_torch_is_loaded(monkeypatch):
+    """Importing torch in the window's process would stall it; before torch is loaded the probe runs apart."""
+    from gui.main_window import _machine_defaults
+
+    expected = machine_defaults(preflight.probe_device())
+    monkeypatch.delitem(sys.modules, "torch")
+    assert _machine_defaults() == expected
+    assert "torch" not in sys.modules
