@@ -182,7 +182,7 @@ def _bench(args) -> int:
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         bad.append(f"--peak-tflops {args.peak_tflops}: must be above 0")
     if bad:
-        raise PatinaError("patina bench: some arguments are not valid:", problems=bad)
+        raise PatinaError("bench: some arguments are not valid:", problems=bad)
     from core.bench import run_bench
 
     result = run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size,

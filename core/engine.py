@@ -248,14 +248,14 @@ class Trainer:
         self.cfg = cfg = self.rp.cfg
         self.seed = self.rp.seed
         out = self.rp.output_path
-        if out.exists() and not self.overwrite and not resume_state:
-            raise PatinaError(f"{out} already exists. Choose another output name, or replace it (`patina train "
-                              "--overwrite`, or answer Yes when the window asks).")
         # Everything checkable is checked now, before any model loads (core.preflight).
         from core.preflight import refuse_if_errors
 
         problems = run_preflight(self.rp, _family(cfg, strict=False))
         refuse_if_errors(problems)
+        if out.exists() and not self.overwrite and not resume_state:
+            raise PatinaError(f"{out} already exists. Choose another output name, or replace it (`patina train "
+                              "--overwrite`, or answer Yes when the window asks).")
         for w in self.rp.warnings:
             self.log(w, "warning")
         from core.preflight import describe

@@ -204,9 +204,11 @@ def check_folder(path: str | os.PathLike, key: str, what: str) -> list[Problem]:
         return [Problem(key, f"the {what} {p} cannot be created (no existing folder above it); choose another one")]
     reason = can_write(probe)
     if reason:
-        where = f"{p}" if probe == p else f"{p} cannot be created in {probe}:"
-        return [Problem(key, f"the {what} {where} is not writable ({reason}); choose a folder you can write to, "
-                             "or change its permissions")]
+        if probe == p:
+            return [Problem(key, f"the {what} {p} is not writable ({reason}); choose a folder you can write to, "
+                                 "or change its permissions")]
+        return [Problem(key, f"the {what} {p} cannot be created: {probe} is not writable ({reason}); choose a "
+                             "folder you can write to, or change its permissions")]
     return []
 
 
@@ -485,6 +487,8 @@ def os_error_text(exc: OSError, path: str | os.PathLike | None = None, doing: st
         return f"{where}: a part of this path is a file, not a folder; choose another path."
     if code == errno.ENOENT:
         parent = Path(where).parent
+        if doing == "write" and parent.is_dir():
+            return f"Cannot {doing} {where}: a file cannot be created in {parent}; choose another folder."
         if doing == "write":
             return f"Cannot {doing} {where}: the folder {parent} does not exist; create it first or choose another."
         return f"{where} does not exist; check the path."

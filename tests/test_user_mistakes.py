@@ -182,12 +182,15 @@ def test_free_space_estimate_grows_with_rank_modules_and_saves():
     assert preflight.planned_file_counts(dict(cfg, save_every_n_epochs=1, save_last_n_epochs=2), 10, 100)[0] == 4
 
 
-def test_too_long_output_name_is_refused_with_the_limit(setup, capsys):
+@pytest.mark.parametrize("length", [240, 300])  # 300: even the final file name is over the limit
+def test_too_long_output_name_is_refused_with_the_limit(setup, capsys, length):
     cfg, out = setup
-    rc = cli(["train", str(cfg), "--quiet", "--set", "output_name=" + "n" * 240])
+    out.mkdir()
+    rc = cli(["train", str(cfg), "--quiet", "--set", "output_name=" + "n" * length])
     cap = capsys.readouterr()
     assert rc != 0 and "too long" in cap.err and "output_name" in cap.err and "Loading" not in cap.out
     one_clear_line(cap.err)
+    assert list(out.iterdir()) == []
 
 
 @pytest.mark.parametrize("args,needle", [(["--batch-size", "0"], "--batch-size"), (["--resolution", "7"], "--resolution"),
