@@ -159,7 +159,7 @@ def _family(cfg: dict, *, strict: bool) -> str:
 
 def run_preflight(rp: RunPlan, family: str, device=None, *, resume: str | None = None) -> list:
     """The pre-flight check (core.preflight) for a planned run: every problem found before any model loads."""
-    from core.preflight import check_state_folder, preflight, probe_device
+    from core.preflight import check_resume_settings, check_state_folder, preflight, probe_device
 
     problems = preflight(rp.cfg, device=device if device is not None else probe_device(), family=family,
                          epochs=rp.epochs, total_steps=rp.total_steps)
@@ -167,9 +167,11 @@ def run_preflight(rp: RunPlan, family: str, device=None, *, resume: str | None =
         from core.params import Problem
 
         try:
-            check_state_folder(resume)
+            state = check_state_folder(resume)
         except PatinaError as exc:
             problems.append(Problem("resume", str(exc)))
+        else:
+            problems += check_resume_settings(state["config"], rp.cfg)
     return problems
 
 

@@ -245,6 +245,11 @@ def test_resume_honours_length_changes_and_refuses_locked_settings(setup, capsys
     assert rc != 0 and "network_dim" in cap.err and "network_alpha" in cap.err and "resum" in cap.err
     assert "Loading" not in cap.out
     assert (out / "tiny.safetensors").read_bytes() == before
+    # the plan (window and --dry-run) shows the same before anything starts
+    from core import engine
+
+    values = dict(read_config(cfg).values, resume=str(state), network_dim=8, max_train_steps=6)
+    assert {p.key for p in engine.plan(values).problems if p.severity == "error"} == {"network_dim"}
 
 
 def test_resume_settings_rule():
