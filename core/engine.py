@@ -31,8 +31,7 @@ from pathlib import Path
 from core.errors import PatinaError
 from core.events import (Commands, Emit, EpochEnd, Finished, Log, Metrics, Plan, Progress, Sample, Saved, Status)
 from core.params import check_values, errors, parse_resolution, training_lrs
-
-STATE_FILES = ("lora.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "train_state.json")
+from core.preflight import STATE_FILES  # noqa: F401 - the files of a <name>-state folder
 
 
 # --- planning (no models) ---------------------------------------------------------------------------
