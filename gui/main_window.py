@@ -157,8 +157,10 @@ class MainWindow(QMainWindow):
     reopens the last config file and the window's geometry, tab and page."""
 
     def __init__(self, *, restore_session: bool = True, engine_fn=None, plan_fn=None,
-                 detect_family: bool = True, parent=None):
+                 detect_family: bool = True, probe_device: bool | None = None, parent=None):
         super().__init__(parent)
+        # (changes, note) from patina.core.train.preflight.machine_defaults once the device is known (probed in the background)
+        self.machine_defaults: tuple[dict, str] | None = None
         self.state: GuiState = load_state() if restore_session else GuiState()
         self._restore = restore_session
         self.path: Path | None = None
@@ -196,6 +198,7 @@ class MainWindow(QMainWindow):
         self.form.changed.connect(self._form_changed)
         self.training.start_requested.connect(self.start_training)
         self.monitor.problems_found.connect(self._show_problems)
+        self.monitor.fix_requested.connect(self.apply_fix)
         self.monitor.running_changed.connect(self._running_changed)
         self.monitor.finished.connect(self._run_finished)
         if self.has_dataset_tab and hasattr(self.dataset_tab, "folders_prepared"):
@@ -209,6 +212,38 @@ class MainWindow(QMainWindow):
         if restore_session:
             self._restore_session()
         self.sync_dataset_tab()
+        self._probe_device = restore_session if probe_device is None else probe_device
+        self._probing = False
+        if self._probe_device and self.path is None and self.imported_from is None:
+            self._start_probe()
+
+    def _start_probe(self) -> None:
+        if self._probing or not self._probe_device:
+            return
+        from patina.gui.worker import BackgroundCall
+
+        self._probing = True
+        BackgroundCall(_machine_defaults).start(self._machine_known, lambda exc: None)
+
+    def _machine_known(self, result: tuple[dict, str]) -> None:
+        """The device is known: a new, untouched config takes the defaults this machine can run."""
+        try:
+            self.machine_defaults = result
+            if self.path is None and self.imported_from is None and not self._dirty:
+                self._apply_machine_defaults()
+        except RuntimeError:  # the window was closed meanwhile
+            pass
+
+    def _apply_machine_defaults(self) -> None:
+        changes, note = self.machine_defaults or ({}, "")
+        base = defaults()
+        current = self.form.values()
+        todo = {k: v for k, v in changes.items() if current.get(k) == base.get(k)}
+        if not todo:
+            return
+        self.form.set_values(todo)
+        self._mark_clean()
+        self.statusBar().showMessage(note, 30000)
 
     # -- construction -------------------------------------------------------------------------------------
 
@@ -391,6 +426,10 @@ class MainWindow(QMainWindow):
         self._mark_clean()
         self.sync_dataset_tab()
         self.statusBar().showMessage("New configuration with the default settings.", 5000)
+        if self.machine_defaults:
+            self._apply_machine_defaults()
+        else:
+            self._start_probe()
 
     def open_dialog(self) -> None:
         if not self.maybe_save("opening another file"):
@@ -674,6 +713,13 @@ class MainWindow(QMainWindow):
         self.form.focus_field(problems[0].key)
         self.statusBar().showMessage(problem_text(problems[0]), 10000)
 
+    def apply_fix(self, values: Mapping[str, Any]) -> None:
+        """A one-click fix chosen in the plan dialog: set those fields (the document becomes unsaved)."""
+        self.form.set_values(dict(values))
+        self._form_changed()
+        names = ", ".join(f"{BY_KEY[k].label if k in BY_KEY else k} = {v}" for k, v in values.items())
+        self.statusBar().showMessage(f"Changed {names}.", 8000)
+
     def _running_changed(self, running: bool) -> None:
         self.training.set_running(running)
 
@@ -769,6 +815,29 @@ class MainWindow(QMainWindow):
                           f"<h3>Patina {__version__}</h3><p>Train Stable Diffusion LoRAs on your own NVIDIA GPU, "
                           "with kohya_ss's LoRA settings and files that load in A1111, ComfyUI, Forge and "
                           "diffusers.</p>")
+
+
+def _machine_defaults() -> tuple[dict, str]:
+    """Run in the background. Probing the device needs torch: when it is not imported yet, the probe runs in a
+    separate Python process so that importing torch never holds up the window."""
+    import sys
+
+    if "torch" in sys.modules:
+        from patina.core.train.preflight import machine_defaults, probe_device
+
+        return machine_defaults(probe_device())
+    import json
+    import subprocess
+
+    import patina.core
+
+    root = str(Path(patina.core.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
+    code = ("import json; from patina.core.train.preflight import machine_defaults, probe_device; "
+            "print(json.dumps(machine_defaults(probe_device())))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    changes, note = json.loads(done.stdout.strip().splitlines()[-1])
+    return dict(changes), str(note)
 
 
 def _bar_label(text: str, parent) -> QLabel:

@@ -93,13 +93,34 @@ def plan_rows(plan: Plan) -> list[tuple[str, str]]:
     return rows
 
 
+def fix_label(fix: Mapping[str, Any]) -> str:
+    """Button text for a one-click fix, e.g. "Use AdamW" or "Set Mixed precision to no"."""
+    from patina.core.config.schema import BY_KEY
+
+    if len(fix) == 1:
+        key, value = next(iter(fix.items()))
+        if key in ("optimizer", "xformers"):
+            return f"Use {value}"
+        label = BY_KEY[key].label if key in BY_KEY else key
+        return f"Set {label} to {value}"
+    return "Apply the fix"
+
+
 class PlanDialog(QDialog):
-    """"Start training?" with the readable plan, skipped files and setting warnings."""
+    """"Start training?" with the readable plan, skipped files, setting warnings and the pre-flight problems
+    (``Plan.problems``), each with its one-click fix where there is one. A problem that is an error keeps
+    Start disabled. Choosing a fix closes the dialog with :attr:`FIX` and :attr:`chosen_fix` set."""
+
+    FIX = 2
 
     def __init__(self, plan: Plan, warnings: list[Problem] | None = None, parent=None):
         super().__init__(parent)
         self.setWindowTitle("Start training?")
         self.plan = plan
+        self.chosen_fix: dict | None = None
+        self.fix_buttons: list[QPushButton] = []
+        problems = list(getattr(plan, "problems", None) or [])
+        self.blocking = [p for p in problems if p.severity == "error"]
         layout = QVBoxLayout(self)
         head = QLabel("<b>This is what the run will do.</b> Check the numbers, then start.", self)
         layout.addWidget(head)
@@ -132,6 +153,24 @@ class PlanDialog(QDialog):
             note.setWordWrap(True)
             note.setStyleSheet("color: #7a4b00;")
             layout.addWidget(note)
+        if problems:
+            box = QGridLayout()
+            for r, p in enumerate(sorted(problems, key=lambda p: p.severity != "error")):
+                error = p.severity == "error"
+                text = p.message[:1].upper() + p.message[1:] if p.key == "device" else problem_text(p)
+                lab = QLabel(("<b>Fix first:</b> " if error else "⚠ ") + html.escape(text), self)
+                lab.setTextFormat(Qt.TextFormat.RichText)
+                lab.setWordWrap(True)
+                lab.setStyleSheet("color: #b00020;" if error else "color: #7a4b00;")
+                box.addWidget(lab, r, 0)
+                if p.fix:
+                    btn = QPushButton(fix_label(p.fix), self)
+                    btn.setToolTip("Change the setting and check the run again")
+                    btn.clicked.connect(lambda _=False, fix=dict(p.fix): self._choose_fix(fix))
+                    box.addWidget(btn, r, 1, Qt.AlignmentFlag.AlignTop)
+                    self.fix_buttons.append(btn)
+            box.setColumnStretch(0, 1)
+            layout.addLayout(box)
         if plan.text:
             details = QPlainTextEdit(self)
             details.setReadOnly(True)
@@ -143,11 +182,20 @@ class PlanDialog(QDialog):
         self.start_button = buttons.addButton(START_TEXT, QDialogButtonBox.ButtonRole.AcceptRole)
         buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
         self.start_button.setDefault(True)
+        if self.blocking:
+            self.start_button.setEnabled(False)
+            self.start_button.setToolTip("Fix the problems marked “Fix first” before training")
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
         lines = (plan.text or "").count("\n") + 1
         self.resize(640, 400 + min(12, lines) * details.fontMetrics().lineSpacing() if plan.text else 380)
+        if problems:
+            self.resize(self.width(), self.height() + 48 * len(problems))
+
+    def _choose_fix(self, fix: dict) -> None:
+        self.chosen_fix = fix
+        self.done(self.FIX)
 
 
 # --- charts -----------------------------------------------------------------------------------------------
@@ -619,6 +667,7 @@ class MonitorTab(QWidget):
 
     finished = Signal(object)          # patina.core.train.events.Finished
     problems_found = Signal(list)      # [Problem]: settings to fix before a run can start
+    fix_requested = Signal(dict)       # {key: value} chosen in the plan dialog; the form applies it
     running_changed = Signal(bool)
 
     def __init__(self, parent=None, *, engine_fn: EngineFn | None = None,
@@ -808,9 +857,17 @@ class MonitorTab(QWidget):
         self.last_plan = plan
         self.plan_view.setPlainText(getattr(plan, "text", "") or "")
         dlg = PlanDialog(plan, self._pending_warnings, self.window())
-        if dlg.exec() != QDialog.DialogCode.Accepted:
+        answer = dlg.exec()
+        if answer == PlanDialog.FIX and dlg.chosen_fix:
             self._set_state("idle")
-            self.status_label.setText("Not started.")
+            self.fix_requested.emit(dict(dlg.chosen_fix))
+            self.status_label.setText("Setting changed; checking again…")
+            QTimer.singleShot(0, self.start)  # plan again with the fixed setting
+            return
+        if answer != QDialog.DialogCode.Accepted or dlg.blocking:
+            self._set_state("idle")
+            self.status_label.setText("Not started: fix the problems shown in the plan." if dlg.blocking
+                                      else "Not started.")
             return
         target = output_file(cfg, plan)
         if target is not None and target.exists():

@@ -156,7 +156,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr("patina.core.atomic.os.replace", boom)
     cfg = defaults()
     cfg["epoch"] = 7
-    with pytest.raises(OSError):
+    with pytest.raises(PatinaError, match="keep.json"):  # one message naming the file, not a bare OSError
         cfgmod.save_config(path, cfg)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]  # no temp file left behind

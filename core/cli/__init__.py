@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     except PatinaError as exc:
         print(f"patina: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a file-system mistake the command did not foresee: one line, no traceback
+        from patina.core.train.preflight import os_error_text
+
+        print(f"patina: {os_error_text(exc, doing='use')}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("patina: interrupted", file=sys.stderr)
         return 130

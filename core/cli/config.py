@@ -51,7 +51,10 @@ def _refuse_same(src: str, dst: str) -> None:
 
 
 def _validate(args) -> int:
+    from patina.core.train.preflight import config_checks, probe_device
+
     result = cfgmod.read_config(args.file)
+    result.problems.extend(config_checks(result.values, probe_device()))
     print(cfgmod.format_load_report(result, args.file))
     return 0 if result.ok else 2
 
@@ -80,11 +83,23 @@ def _export_kohya(args) -> int:
 
 
 def _new(args) -> int:
+    from patina.core.train.preflight import machine_defaults, probe_device
+
     values = defaults()
+    # Defaults this machine cannot run (AdamW8bit and fp16 without CUDA) are replaced, and the output says so.
+    changes, note = machine_defaults(probe_device())
+    values.update(changes)
     if args.preset:
         values = cfgmod.apply_preset(values, cfgmod.find_preset(args.preset).path).values
+        for key, value in changes.items():  # a preset's own choice wins; a preset without one keeps the machine's
+            if values[key] == defaults()[key]:
+                values[key] = value
     values = cfgmod.apply_overrides(values, args.sets)
+    set_keys = {item.partition("=")[0].strip() for item in args.sets}
+    applied = {k: v for k, v in changes.items() if values.get(k) == v and k not in set_keys}
     cfgmod.save_config(args.out_json, values)
+    if applied:
+        print(f"Note: {note} ({', '.join(f'{k} = {v}' for k, v in applied.items())})")
     print(f"Wrote {args.out_json}.")
     return 0
 

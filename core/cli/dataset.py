@@ -88,6 +88,12 @@ def run_check(args) -> int:
 
 def run_prepare(args) -> int:
     from patina.core.dataset.wizard import prepare_folders
+    from patina.core.errors import PatinaError
+    from patina.core.train.preflight import check_folder
+
+    bad = check_folder(args.dest, "--dest", "destination folder")
+    if bad:
+        raise PatinaError(f"--dest: {bad[0].message}. Nothing was copied.")
 
     result = prepare_folders(args.instance, args.class_prompt, args.images, args.repeats, args.dest,
                              args.reg, args.reg_repeats)

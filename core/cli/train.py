@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", metavar="DIR", help="continue from a <name>-state folder")
     t.add_argument("--overwrite", action="store_true", help="replace an existing <output_name>.safetensors")
     t.add_argument("--quiet", action="store_true", help="no progress bar, only the plan and the result")
+    t.add_argument("--dry-run", action="store_true",
+                   help="check everything and print the plan without training (exit 2 if something must be fixed)")
     t.set_defaults(handler=_train)
 
     v = sub.add_parser("verify", help="inspect a LoRA file: modules, ranks, alphas, metadata, problems")
@@ -104,12 +106,22 @@ def _train(args) -> int:
     result = read_config(args.config)
     if result.kohya or result.unknown or result.warnings:
         print(format_load_report(result, args.config))
+    # A config with errors is refused, as the window refuses it: every invalid setting is listed (one that a
+    # --set replaces no longer counts).
+    overridden = {item.partition("=")[0].strip() for item in args.sets}
+    file_errors = [p for p in result.errors if p.key not in overridden]
     values = apply_overrides(result.values, args.sets)
     from patina.core.config.schema import check_values, errors
 
     _, problems = check_values(values)
-    if errors(problems):
-        raise PatinaError(f"{args.config} has invalid settings:", problems=[str(p) for p in errors(problems)])
+    bad = file_errors + [p for p in errors(problems) if all(p.key != f.key for f in file_errors)]
+    if bad:
+        raise PatinaError(f"{args.config} has {len(bad)} invalid setting(s); nothing was trained. Fix them in the "
+                          "file or with --set key=value:", problems=[str(p) for p in bad])
+    if args.resume:
+        values["resume"] = ""  # the folder comes from --resume
+    if args.dry_run:
+        return _dry_run(args, values)
 
     commands = Commands()
 
@@ -134,6 +146,21 @@ def _train(args) -> int:
     return {"finished": 0, "stopped": 0, "failed": 1}[fin.status]
 
 
+def _dry_run(args, values: dict) -> int:
+    from patina.core.train.engine import plan
+
+    if args.resume:
+        values = dict(values, resume=args.resume)
+    p = plan(values)
+    print(p.text)
+    errs = [x for x in p.problems if x.severity == "error"]
+    if errs:
+        print(f"{len(errs)} problem(s) must be fixed before training.", file=sys.stderr)
+        return 2
+    print("Everything checked: ready to train.")
+    return 0
+
+
 def _verify(args) -> int:
     from patina.core.lora.kohya_format import format_verify_report, verify_lora
 
@@ -143,6 +170,21 @@ def _verify(args) -> int:
 
 
 def _bench(args) -> int:
+    bad = []
+    if args.batch_size < 1:
+        bad.append(f"--batch-size {args.batch_size}: must be 1 or more")
+    if args.steps < 1:
+        bad.append(f"--steps {args.steps}: must be 1 or more")
+    if args.warmup < 0:
+        bad.append(f"--warmup {args.warmup}: must be 0 or more")
+    if args.rank < 1:
+        bad.append(f"--rank {args.rank}: must be 1 or more")
+    if args.resolution is not None and (args.resolution < 64 or args.resolution > 4096 or args.resolution % 8):
+        bad.append(f"--resolution {args.resolution}: must be a multiple of 8 from 64 to 4096 (e.g. 512)")
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        bad.append(f"--peak-tflops {args.peak_tflops}: must be above 0")
+    if bad:
+        raise PatinaError("bench: some arguments are not valid:", problems=bad)
     from patina.core.train.bench import run_bench
 
     result = run_bench(model=args.model, resolution=args.resolution, batch_size=args.batch_size,

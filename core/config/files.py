@@ -61,12 +61,18 @@ class LoadResult:
 
 def _read_json(path: str | Path) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise PatinaError(f"{p} is a folder, not a config file. Give the path of a .json config inside it.")
     if not p.is_file():
         raise PatinaError(f"Config file not found: {p}. Check the path, or create one with `patina config new`.")
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise PatinaError(f"{p} is not a UTF-8 text file, so it cannot be a config JSON.") from None
+    except OSError as exc:
+        from patina.core.train.preflight import os_error_text
+
+        raise PatinaError(os_error_text(exc, p, "read")) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -82,7 +88,14 @@ _KOHYA_MARKERS = ("LoRA_type", "save_model_as", "model_list", "additional_parame
 
 
 def looks_like_kohya(data: Mapping[str, Any]) -> bool:
-    return "schema_version" not in data and any(k in data for k in _KOHYA_MARKERS)
+    """A kohya_ss config, to be imported: no ``schema_version``, at least one key kohya_ss writes (``LoRA_type``,
+    ``save_model_as``…), and no key only Patina writes (``model_family``, ``sample_at_first``, ``app``, preset
+    names…). A hand-written Patina file without ``schema_version`` keeps its Patina-only settings that way; a
+    file with only shared keys reads the same either way, as the importer maps those keys by name."""
+    if "schema_version" in data or not any(k in data for k in _KOHYA_MARKERS):
+        return False
+    patina_only = [k for k in data if k in META_KEYS or (k in BY_KEY and not BY_KEY[k].kohya)]
+    return not patina_only
 
 
 def migrate(data: dict, *, source: str = "config") -> tuple[dict, int]:
@@ -142,11 +155,26 @@ def config_to_dict(cfg: Mapping[str, Any], *, sparse: bool = False, preset_only:
     return out
 
 
+def write_text_file(path: str | Path, text: str) -> None:
+    """Atomic write (missing folders are created) with one clear message for the file-system mistakes: a
+    folder given as the file, a folder that cannot be created, a read-only folder, a name too long, a full
+    disk."""
+    from patina.core.train.preflight import os_error_text
+
+    p = Path(path)
+    if p.is_dir():
+        raise PatinaError(f"{p} is a folder; give a file name instead (e.g. {p / 'config.json'}).")
+    try:
+        atomic_write_text(p, text)
+    except OSError as exc:
+        raise PatinaError(os_error_text(exc, p, "write")) from None
+
+
 def save_config(path: str | Path, cfg: Mapping[str, Any], *, sparse: bool = False) -> Path:
     """Write *cfg* as pretty JSON, atomically (temp file + rename)."""
     path = Path(path)
     text = json.dumps(config_to_dict(cfg, sparse=sparse), indent=2, ensure_ascii=False) + "\n"
-    atomic_write_text(path, text)
+    write_text_file(path, text)
     return path
 
 
@@ -253,7 +281,7 @@ def save_user_preset(name: str, cfg: Mapping[str, Any], description: str = "") -
     data = config_to_dict(cfg, sparse=True, preset_only=True)
     data = {"schema_version": data.pop("schema_version"), "preset_name": name,
             "preset_description": description, **{k: v for k, v in data.items() if k != "app"}}
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    write_text_file(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return path
 
 
@@ -414,7 +442,7 @@ def export_kohya(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 def write_kohya(path: str | Path, cfg: Mapping[str, Any]) -> list[str]:
     data, notes = export_kohya(cfg)
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    write_text_file(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return notes
 
 
@@ -440,7 +468,11 @@ def format_load_report(result: LoadResult, source: str = "") -> str:
         if rest > 0:
             lines.append(f"  {rest} other kohya key(s) Patina does not use were empty or off and were skipped.")
     elif result.unknown:
-        lines.append(f"  unknown key(s), ignored: {', '.join(result.unknown)}")
+        described = []
+        for key in result.unknown:
+            close = difflib.get_close_matches(key, list(BY_KEY), n=2, cutoff=0.6)
+            described.append(f"{key} (did you mean {' or '.join(close)}?)" if close else key)
+        lines.append(f"  unknown key(s), ignored: {', '.join(described)}")
     if not errs and not result.kohya:
         lines.insert(0, f"{head}OK ({len(PARAMS) - len(result.missing)} settings from the file, "
                         f"{len(result.missing)} at their defaults).")

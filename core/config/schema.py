@@ -528,6 +528,7 @@ class Problem:
     message: str
     value: Any = None
     severity: str = "error"  # "error" | "warning"
+    fix: dict | None = None  # {key: value} that solves it (offered as a one-click fix / ``--set``)
 
     def __str__(self) -> str:
         where = f"{self.key}"

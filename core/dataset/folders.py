@@ -240,7 +240,9 @@ def _scan_layout(root: Path, label: str) -> _RootScan:
         if deeper:
             out.fatal = (f"`{root}` has no `N_name` subfolders, but `{deeper[0]}` does: pick {deeper[0]} instead")
         elif not dirs and not files:
-            out.fatal = f"`{root}` is empty"
+            out.fatal = (f"`{root}` is empty: put your images in a subfolder named like `10_sks dog` (10 = repeats) "
+                         f"inside it, or let `patina dataset prepare` (the Dataset tab's folder wizard) build the "
+                         "folders from a plain image folder")
         else:
             out.fatal = (f"`{root}` has no `N_name` subfolders (e.g. `10_sks dog`): put the images in such a "
                          f"subfolder, or let `patina dataset prepare` build the folders")

@@ -177,24 +177,14 @@ def _load_pickle_checkpoint(p: Path) -> Any:
         except Exception as exc:  # malformed archive: torch.load below will say the same
             raise PatinaError(f"{p.name} is not a readable PyTorch checkpoint ({exc}).") from None
         if unsafe:
-            raise PatinaError(
-                f"Refusing to load {p.name}: the file is a pickle that references code outside the "
-                f"short list Patina allows for model checkpoints ({', '.join(sorted(set(unsafe)))}). "
-                "Loading it could run arbitrary programs on this computer, so it was not opened. "
-                "If you trust its source, convert it to .safetensors with a tool you trust, or use a "
-                ".safetensors version of the model."
-            )
+            raise PatinaError(refusal_message(p, ", ".join(sorted(set(unsafe)))))
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
             return torch.load(str(p), map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         detail = _weights_only_detail(str(exc))
         if detail:
-            raise PatinaError(
-                f"Refusing to load {p.name}: it is a pickle that needs code Patina does not allow to run "
-                f"while loading a model ({detail}). Loading it could run arbitrary programs on this "
-                "computer, so it was stopped. Use a .safetensors version of the model instead."
-            ) from None
+            raise PatinaError(refusal_message(p, detail)) from None
         raise PatinaError(
             f"{p.name} is not a PyTorch checkpoint Patina can read; it looks like {describe_file(p)}."
         ) from None
@@ -204,6 +194,80 @@ def _load_pickle_checkpoint(p: Path) -> Any:
             f"{p.name} is not a PyTorch checkpoint Patina can read ({type(exc).__name__}: {first}); "
             f"it looks like {describe_file(p)}. Supported model files: .safetensors, .ckpt, .pt."
         ) from None
+
+
+CONVERT_HINT = ("If you trust where the file came from, convert it once to .safetensors with a converter you "
+                "trust (the model's publisher often offers a .safetensors download) and use that file; never "
+                "convert a file from an unknown source.")
+
+
+def refusal_message(p: Path, detail: str) -> str:
+    """Why a pickle was refused: what, why that is dangerous, and the safe way forward."""
+    return (f"Refusing to load {p}: it is a Python pickle that calls code a model file never needs ({detail}). "
+            "Opening it could run any program on this computer, so Patina did not open it. " + CONVERT_HINT)
+
+
+def is_weights_only_refusal(exc: BaseException) -> bool:
+    """True for torch's restricted-unpickler refusal (also when wrapped by diffusers or transformers)."""
+    seen = 0
+    while exc is not None and seen < 6:
+        text = str(exc)
+        if ("weights_only" in text or "Weights only load failed" in text or "WeightsUnpickler" in text
+                or "Unsupported global" in text):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def weights_only_detail(exc: BaseException) -> str:
+    seen = 0
+    while exc is not None and seen < 6:
+        detail = _weights_only_detail(str(exc))
+        if detail and detail != "a forbidden global":
+            return detail
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return "a forbidden global"
+
+
+def check_pickle_file(path: str | os.PathLike, owner: str) -> None:
+    """Refuse a training-state pickle (optimizer.pt, ...) that is damaged or refers to code; nothing is run.
+
+    *owner* names what the file belongs to in messages ("the training state <folder>")."""
+    p = Path(path)
+    if not zipfile.is_zipfile(p):
+        raise PatinaError(f"{owner} is damaged: {p.name} is not a complete PyTorch file (it may be truncated by a "
+                          "crash or a full disk). It cannot be resumed; start a new run, or resume from another "
+                          "state folder.")
+    try:
+        unsafe = pickle_unsafe_globals(p)
+    except Exception:  # noqa: BLE001 - a broken archive
+        raise PatinaError(f"{owner} is damaged: {p.name} cannot be read (truncated or corrupt). It cannot be "
+                          "resumed; start a new run, or resume from another state folder.") from None
+    if unsafe:
+        raise PatinaError(f"Refused to resume from {owner}: {p.name} is a pickle that calls code a training state "
+                          f"never holds ({', '.join(sorted(set(unsafe)))}). Opening it could run any program on "
+                          "this computer, so it was not opened. Patina writes training states with plain tensors "
+                          "only, so this file was changed or made elsewhere; start a new run instead.")
+
+
+def load_state_pickle(path: str | os.PathLike, owner: str) -> Any:
+    """Load a training-state pickle with the restricted loader, with messages instead of torch's text."""
+    import pickle
+
+    import torch
+
+    check_pickle_file(path, owner)
+    p = Path(path)
+    try:
+        return torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise PatinaError(f"Refused to resume from {owner}: {p.name} needs code a training state never holds "
+                          f"({weights_only_detail(exc)}), so it was not opened. Start a new run instead.") from None
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data inside the archive
+        raise PatinaError(f"{owner} is damaged: {p.name} cannot be read ({type(exc).__name__}). It cannot be "
+                          "resumed; start a new run, or resume from another state folder.") from None
 
 
 def _weights_only_detail(message: str) -> str:

@@ -766,6 +766,7 @@ def _from_pretrained(cls, folder: Path, subfolder: str, what: str, dtype: torch.
     if variant is False:
         raise PatinaError(f"{folder.name}: the {what} weights are missing ({subfolder}/ has no weight files). "
                           "Download the complete model folder.")
+    _refuse_unsafe_pickles(sub)
     try:
         if transformers_model:
             model = cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True,
@@ -776,9 +777,42 @@ def _from_pretrained(cls, folder: Path, subfolder: str, what: str, dtype: torch.
                 model = cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True,
                                             torch_dtype=dtype, **({"variant": variant} if variant else {}))
     except Exception as exc:  # noqa: BLE001
+        from .checkpoint import is_weights_only_refusal, refusal_message, weights_only_detail
+
+        if is_weights_only_refusal(exc):  # never show torch's own text (it suggests the unsafe option)
+            raise PatinaError(refusal_message(sub, weights_only_detail(exc))) from None
         raise PatinaError(f"{folder.name}: could not load the {what} ({_short(exc)}). The folder may be "
                           "incomplete or damaged.") from exc
     return model.eval()
+
+
+def _refuse_unsafe_pickles(sub: Path) -> None:
+    """A component folder whose weights are pickles (.bin): refuse any that refers to code, before loading."""
+    if not sub.is_dir():
+        return
+    files = [f for f in sub.iterdir() if f.is_file()]
+    if any(f.name.endswith(".safetensors") for f in files):
+        return  # diffusers and transformers load the .safetensors weights and never open the .bin
+    from .checkpoint import pickle_unsafe_globals, refusal_message
+
+    for f in files:
+        if f.suffix.lower() != ".bin" or not zipfile_is_zip(f):
+            continue
+        try:
+            unsafe = pickle_unsafe_globals(f)
+        except Exception:  # noqa: BLE001 - a broken archive: loading will say so
+            continue
+        if unsafe:
+            raise PatinaError(refusal_message(f, ", ".join(sorted(set(unsafe)))))
+
+
+def zipfile_is_zip(path: Path) -> bool:
+    import zipfile
+
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
 
 
 def _load_diffusers(folder: Path, fam: str, v: bool, vae_path, dtype: torch.dtype, info: ModelInfo,

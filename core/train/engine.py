@@ -34,7 +34,7 @@ from patina.core.errors import PatinaError
 from patina.core.train.events import (Commands, Emit, EpochEnd, Finished, Log, Metrics, Plan, Progress, Sample, Saved, Status)
 from patina.core.config.schema import check_values, errors, parse_resolution, training_lrs
 
-STATE_FILES = ("lora.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "train_state.json")
+from patina.core.train.preflight import STATE_FILES  # noqa: F401 - the files of a <name>-state folder
 
 
 # --- planning (no models) ---------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def make_plan(cfg: dict, *, seed: int | None = None, num_processes: int = 1) -> 
     return RunPlan(cfg, scan, data, seed, batches, spe, epochs, total, out, warnings)
 
 
-def plan_event(rp: RunPlan, family: str = "auto") -> Plan:
+def plan_event(rp: RunPlan, family: str = "auto", problems: list | None = None) -> Plan:
     from patina.core.dataset.summary import scan_arithmetic
 
     scan, cfg = rp.scan, rp.cfg
@@ -133,32 +133,68 @@ def plan_event(rp: RunPlan, family: str = "auto") -> Plan:
         lines.append(f"  Skipped {len(scan.skipped)} file(s):")
         lines += [f"    {s.path} — {s.reason}" for s in scan.skipped]
     other = [w for w in rp.warnings if "skipped —" not in w]
+    problems = list(problems or [])
+    from patina.core.train.preflight import describe
+
+    other += [describe(p) for p in problems if p.severity != "error"]
     if other:
         lines.append("  Warnings:")
         lines += [f"    {w}" for w in other]
+    errs = [p for p in problems if p.severity == "error"]
+    if errs:
+        lines.append("  Problems to fix before training:")
+        lines += [f"    {describe(p)}" for p in errs]
     return Plan(images=scan.train_images, reg_images=scan.reg_images, samples_per_epoch=scan.samples_per_epoch,
                 steps_per_epoch=rp.steps_per_epoch, epochs=rp.epochs, total_steps=rp.total_steps,
                 batch_size=cfg["train_batch_size"], grad_accum=cfg["gradient_accumulation_steps"],
                 buckets=rp.data.bucket_histogram(), skipped=[(str(s.path), s.reason) for s in scan.skipped],
                 output_path=str(rp.output_path), family=family, text="\n".join(lines),
                 reg_samples=scan.reg_samples_used, arithmetic=arithmetic.text,
-                warnings=[w for w in rp.warnings if "skipped —" not in w])
+                warnings=[w for w in rp.warnings if "skipped —" not in w], problems=problems)
 
 
-def plan(cfg: dict) -> Plan:
-    """Check settings and dataset and describe the run, without loading a model. Raises PatinaError."""
+def _family(cfg: dict, *, strict: bool) -> str:
     family = cfg.get("model_family", "auto")
-    rp = make_plan(cfg)
     if family == "auto":
         try:
             from patina.core.models.loading import detect_family
 
-            family = detect_family(rp.cfg["pretrained_model_name_or_path"]).family
+            family = detect_family(cfg["pretrained_model_name_or_path"]).family
         except PatinaError:
-            raise
+            if strict:
+                raise
+            family = "auto"
         except Exception:  # noqa: BLE001 - the plan is still useful without the family
             family = "auto"
-    return plan_event(rp, family)
+    return family
+
+
+def run_preflight(rp: RunPlan, family: str, device=None, *, resume: str | None = None) -> list:
+    """The pre-flight check (patina.core.train.preflight) for a planned run: every problem found before any model loads."""
+    from patina.core.train.preflight import check_resume_settings, check_state_folder, preflight, probe_device
+
+    problems = preflight(rp.cfg, device=device if device is not None else probe_device(), family=family,
+                         epochs=rp.epochs, total_steps=rp.total_steps)
+    if resume:
+        from patina.core.config.schema import Problem
+
+        try:
+            state = check_state_folder(resume)
+        except PatinaError as exc:
+            problems.append(Problem("resume", str(exc)))
+        else:
+            problems += check_resume_settings(state["config"], rp.cfg)
+    return problems
+
+
+def plan(cfg: dict) -> Plan:
+    """Check settings, dataset, folders and device and describe the run, without loading a model.
+
+    Raises PatinaError when the run cannot even be planned (invalid settings, no dataset); every other problem
+    (patina.core.train.preflight) is in ``Plan.problems``, errors first-class: a plan with an error must not be started."""
+    rp = make_plan(cfg)
+    family = _family(rp.cfg, strict=True)
+    return plan_event(rp, family, run_preflight(rp, family, resume=rp.cfg.get("resume") or None))
 
 
 # --- the run ------------------------------------------------------------------------------------------
@@ -222,26 +258,34 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=1,
                                        cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
         acc = self.accelerator
-        if mp != cfg["mixed_precision"]:
-            self.log("No CUDA GPU found: training in full precision on the CPU (slow; fine for tests).", "warning")
 
         seed = resume_state["seed"] if resume_state else None
         self.rp = make_plan(cfg, seed=seed, num_processes=acc.num_processes)
         self.cfg = cfg = self.rp.cfg
         self.seed = self.rp.seed
         out = self.rp.output_path
+        # Everything checkable is checked now, before any model loads (patina.core.train.preflight).
+        from patina.core.train.preflight import refuse_if_errors
+
+        problems = run_preflight(self.rp, _family(cfg, strict=False))
+        refuse_if_errors(problems)
         if out.exists() and not self.overwrite and not resume_state:
-            raise PatinaError(f"{out} already exists. Choose another output name, or allow overwriting.")
+            raise PatinaError(f"{out} already exists. Choose another output name, or replace it (`patina train "
+                              "--overwrite`, or answer Yes when the window asks).")
         self._clean_leftovers()
         for w in self.rp.warnings:
             self.log(w, "warning")
+        from patina.core.train.preflight import describe
+
+        for p in problems:
+            self.log(describe(p), "warning")
 
         self.status("loading", f"Loading {Path(cfg['pretrained_model_name_or_path']).name}…")
         self._load_models()
         for w in self._long_caption_warnings():
             self.rp.warnings.append(w)
             self.log(w, "warning")
-        self.emit(plan_event(self.rp, self.base.family))
+        self.emit(plan_event(self.rp, self.base.family, problems))
         self.log(f"Seed {self.seed}. {self.rp.total_steps} steps over {self.rp.epochs} epoch(s).")
 
         self._build_network()
@@ -267,18 +311,31 @@ class Trainer:
         return self._finish(stopped)
 
     def _read_resume_state(self) -> dict:
+        """Check the state folder (complete, not damaged, no code in its pickles) and merge the configs.
+
+        The run continues with the saved config. The caller's config may change what does not touch the saved
+        network, optimizer and data order (patina.core.train.preflight.RESUME_CHANGEABLE: the length of the run, what and
+        where it saves and samples, paths); any other difference is refused, naming the settings."""
+        from patina.core.train.preflight import RESUME_CHANGEABLE, check_resume_settings, check_state_folder
+
         d = self.resume_dir
-        missing = [f for f in STATE_FILES if not (d / f).exists()]
-        if not d.is_dir() or missing:
-            raise PatinaError(f"{d} is not a Patina training state folder (missing: {', '.join(missing) or 'folder'}). "
-                              "Choose a <name>-state folder written by Patina.")
-        state = json.loads((d / "train_state.json").read_text(encoding="utf-8"))
-        # The run continues with the saved config; paths may be updated by the caller's config.
-        merged = dict(state["config"])
-        for key in ("pretrained_model_name_or_path", "train_data_dir", "reg_data_dir", "output_dir", "logging_dir",
-                    "vae", "sample_prompts", "output_name"):
-            if self.raw_cfg.get(key):
-                merged[key] = self.raw_cfg[key]
+        state = check_state_folder(d)
+        saved = dict(state["config"])
+        wanted, _ = check_values(self.raw_cfg)
+        given = {k for k in self.raw_cfg if not k.startswith("_")}
+        locked = check_resume_settings(saved, {k: wanted[k] for k in given if k in wanted})
+        if locked:
+            raise PatinaError(f"These settings differ from the run saved in {d} and cannot change when resuming:",
+                              problems=[str(p) for p in locked])
+        merged = dict(saved)
+        paths = ("pretrained_model_name_or_path", "train_data_dir", "reg_data_dir", "output_dir", "logging_dir",
+                 "vae", "output_name", "resume")
+        for key in given:
+            if key in paths:
+                if wanted.get(key):
+                    merged[key] = wanted[key]
+            elif key in RESUME_CHANGEABLE and key in wanted:
+                merged[key] = wanted[key]
         self.raw_cfg = merged
         return state
 
@@ -605,6 +662,9 @@ class Trainer:
                     if self.global_step >= rp.total_steps:
                         break
                 del loss
+            # A run whose last step falls inside an epoch records where it stopped, so that resuming it with more
+            # steps continues this epoch instead of skipping its rest.
+            self.resume_at = (self.epoch, micro) if micro < len(mine) else None
             self.micro_in_epoch = 0
             self.epoch += 1
             if self._after_epoch():
@@ -850,8 +910,9 @@ class Trainer:
             if acc.scaler is not None:
                 rng["scaler"] = acc.scaler.state_dict()
             torch.save({"torch": rng["torch"], "scaler": rng.get("scaler")}, tmp / "rng.pt")
-            state = {"patina_state": 1, "step": self.global_step, "epoch": self.epoch,
-                     "micro_in_epoch": getattr(self, "micro_in_epoch", 0), "seed": self.seed,
+            at_epoch, at_micro = getattr(self, "resume_at", None) or (self.epoch, getattr(self, "micro_in_epoch", 0))
+            state = {"patina_state": 1, "step": self.global_step, "epoch": at_epoch,
+                     "micro_in_epoch": at_micro, "seed": self.seed,
                      "total_steps": self.rp.total_steps, "config": self.cfg,
                      "saved_at": datetime.now(timezone.utc).isoformat()}
             (tmp / "train_state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
@@ -874,11 +935,19 @@ class Trainer:
         import torch
         from safetensors.torch import load_file
 
+        from patina.core.models.checkpoint_files import load_state_pickle
+
         d = self.resume_dir
+        owner = f"the training state {d}"
         self.network.load_kohya_state_dict(load_file(str(d / "lora.safetensors")))
-        self.optimizer.load_state_dict(torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True))
-        self.lr_scheduler.load_state_dict(torch.load(d / "scheduler.pt", map_location="cpu", weights_only=True))
-        rng = torch.load(d / "rng.pt", map_location="cpu", weights_only=True)
+        try:
+            self.optimizer.load_state_dict(load_state_pickle(d / "optimizer.pt", owner))
+            self.lr_scheduler.load_state_dict(load_state_pickle(d / "scheduler.pt", owner))
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise PatinaError(f"{owner} does not match these settings ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:160]}); it was saved by a different optimizer or "
+                              "network. Resume with the settings it was saved with.") from None
+        rng = load_state_pickle(d / "rng.pt", owner)
         if rng.get("scaler") and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(rng["scaler"])
         self.global_step = int(state["step"])

@@ -47,6 +47,7 @@ class Plan:
     reg_samples: int = 0     # regularisation samples per epoch (as many as training samples, or 0)
     arithmetic: str = ""     # how the steps come about (patina.core.dataset.summary.EpochArithmetic.text)
     warnings: list = field(default_factory=list)   # dataset warnings, one line each
+    problems: list = field(default_factory=list)  # patina.core.config.schema.Problem from the pre-flight check (patina.core.train.preflight)
 
 
 @dataclass(frozen=True)
