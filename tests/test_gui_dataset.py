@@ -400,6 +400,8 @@ def test_tag_chips_remove_and_restore_a_tag(qtbot, make_tab, tmp_path):
     tab.caption_panel.quick_edit.editingFinished.emit()
     quick = tab.caption_panel.quick
     assert quick.chip("sks dog").isChecked() and not quick.chip("outdoors").isChecked()
+    # a chip added to a visible area is shown at the next event-loop turn; a click before that is lost
+    qtbot.waitUntil(lambda: quick.chip("outdoors") is not None and quick.chip("outdoors").isVisible())
     qtbot.mouseClick(quick.chip("outdoors"), Qt.MouseButton.LeftButton)
     wait_file(qtbot, cap, b"sks dog, sitting, grass, outdoors")
     tab.undo()
