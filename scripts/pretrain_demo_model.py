@@ -598,6 +598,7 @@ def export(cfg: Config, out: Path, fp16: bool = True) -> Path:
         src = clip_tokenizer_dir() / name
         if src.is_file():
             shutil.copyfile(src, tmp / "tokenizer" / name)
+    (tmp / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)  # 3.6 MB, rebuilt from vocab + merges
     jd = tmp / "judge"
     jd.mkdir()
     for name in ("judge.safetensors", "config.json", "done.json"):

@@ -20,6 +20,7 @@ import math
 import random
 import zlib
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -71,7 +72,12 @@ def caption_for(shape: str, colour: str, background: str) -> str:
 
 def combos(shapes=SHAPES) -> list[tuple[str, str, str]]:
     """Every valid (shape, colour, background) combination, in a fixed order."""
-    return [(s, c, b) for s in shapes for c in COLOURS for b in BACKGROUNDS if compatible(c, b)]
+    return list(_combos(tuple(shapes)))
+
+
+@lru_cache(maxsize=None)
+def _combos(shapes: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
+    return tuple((s, c, b) for s in shapes for c in COLOURS for b in BACKGROUNDS if compatible(c, b))
 
 
 def is_heldout(shape: str, colour: str, background: str) -> bool:
@@ -80,11 +86,17 @@ def is_heldout(shape: str, colour: str, background: str) -> bool:
 
 
 def pretraining_combos() -> list[tuple[str, str, str]]:
-    return [c for c in combos() if not is_heldout(*c)]
+    return list(_split()[0])
 
 
 def heldout_combos() -> list[tuple[str, str, str]]:
-    return [c for c in combos() if is_heldout(*c)]
+    return list(_split()[1])
+
+
+@lru_cache(maxsize=None)
+def _split():
+    all_ = _combos(SHAPES)
+    return tuple(c for c in all_ if not is_heldout(*c)), tuple(c for c in all_ if is_heldout(*c))
 
 
 def pretraining_words() -> set[str]:
@@ -129,7 +141,7 @@ def make_scene(rng: random.Random, shape: str, colour: str, background: str) -> 
 def scene_at(seed: int, index: int, pool: list[tuple[str, str, str]] | None = None) -> Scene:
     """Scene number *index* of the world with *seed*, drawn uniformly from *pool* (default: the
     pretraining combinations)."""
-    pool = pretraining_combos() if pool is None else pool
+    pool = _split()[0] if pool is None else pool
     rng = _rng(seed, index)
     shape, colour, background = pool[rng.randrange(len(pool))]
     return make_scene(rng, shape, colour, background)
@@ -147,7 +159,7 @@ def none_scene_at(seed: int, index: int) -> Scene:
 
 def concept_scene_at(seed: int, index: int) -> Scene:
     rng = _rng(seed, index, CONCEPT)
-    pool = combos((CONCEPT,))
+    pool = _combos((CONCEPT,))
     shape, colour, background = pool[rng.randrange(len(pool))]
     return make_scene(rng, shape, colour, background)
 
