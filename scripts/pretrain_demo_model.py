@@ -338,12 +338,9 @@ def stage_judge(cfg: Config) -> None:
 
 
 def load_judge(folder: Path) -> Judge:
-    from safetensors.torch import load_file
+    from core.demo.judge import load_judge as load
 
-    meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    judge = Judge(width=meta["width"])
-    judge.load_state_dict(load_file(str(folder / "judge.safetensors")))
-    return judge.eval()
+    return load(folder)
 
 
 # ---- stage 3: UNet + text encoder --------------------------------------------------------------------
@@ -601,8 +598,9 @@ def export(cfg: Config, out: Path, fp16: bool = True) -> Path:
     (tmp / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)  # 3.6 MB, rebuilt from vocab + merges
     jd = tmp / "judge"
     jd.mkdir()
-    for name in ("judge.safetensors", "config.json", "done.json"):
-        shutil.copyfile(cfg.work / "judge" / name, jd / name)
+    for name in ("judge.safetensors", "config.json", "done.json", "honesty.json"):
+        if (cfg.work / "judge" / name).is_file():
+            shutil.copyfile(cfg.work / "judge" / name, jd / name)
     info = {"pretraining_step": step, "size": cfg.size, "seed": cfg.seed,
             "vae": json.loads((cfg.work / "vae" / "done.json").read_text(encoding="utf-8"))}
     (tmp / "demo_model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
@@ -625,6 +623,8 @@ def parse(argv=None):
     ap.add_argument("--stop-after", type=int, help="stop (with a checkpoint) once the UNet reaches this step")
     ap.add_argument("--eval", action="store_true", help="sample the current UNet and report the judge's accuracy")
     ap.add_argument("--eval-n", type=int, default=96)
+    ap.add_argument("--judge-report", action="store_true",
+                    help="the judge's confusion matrix on fresh renders and reconstructions (judge/honesty.json)")
     ap.add_argument("--export", type=Path, metavar="DIR", help="write the model as an SD1 diffusers folder")
     ap.add_argument("--fp32", action="store_true", help="export float32 weights instead of float16")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
@@ -643,6 +643,14 @@ def main(argv=None) -> int:
         out = export(cfg, args.export.expanduser().resolve(), fp16=not args.fp32)
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         print(f"exported to {out} ({size / 1e6:.2f} MB)")
+        return 0
+    if args.judge_report:
+        from core.demo.judge import honesty_report
+
+        with torch.no_grad():
+            rep = honesty_report(load_judge(work / "judge"), vae=load_vae(cfg), per_class=4 if args.tiny else 60)
+        write_json(work / "judge" / "honesty.json", rep)
+        print(json.dumps(rep, indent=1))
         return 0
     if args.eval:
         unet, te, step = load_unet_state(cfg)

@@ -95,3 +95,19 @@ def test_export_loads_with_patinas_model_loader(tiny_run, tmp_path):
     st = torch.load(work / "unet" / "state.pt", weights_only=False)["ema_unet"]
     for n, t in m.unet.state_dict().items():
         assert torch.allclose(t, st[n].half().float()), n
+
+
+def test_judge_report_counts_every_class(tiny_run):
+    mod, work = tiny_run
+    assert mod.main(["--tiny", "--work", str(work), "--judge-report"]) == 0
+    rep = json.loads((work / "judge" / "honesty.json").read_text())
+    from core.demo import world
+
+    for part in ("renders", "reconstructions"):
+        r = rep[part]
+        assert set(r["confusion"]) == set(world.JUDGE_SHAPES)
+        assert all(sum(row.values()) == 4 for row in r["confusion"].values())  # 4 per class (tiny)
+        concept_row = r["confusion"][world.CONCEPT]
+        assert r["concept_recall"] == pytest.approx(concept_row[world.CONCEPT] / 4, abs=1e-4)
+        wrong = sum(row[world.CONCEPT] for t, row in r["confusion"].items() if t != world.CONCEPT)
+        assert r["false_concept"] == pytest.approx(wrong / (r["n"] - 4), abs=1e-4)
