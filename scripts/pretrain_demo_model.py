@@ -47,7 +47,7 @@ DEFAULT_WORK = Path.home() / ".cache" / "patina" / "demo-pretrain"
 STEPS = {
     "full": dict(
         seed=1234, checkpoint_seconds=300,
-        vae=dict(steps=2000, batch=8, lr=1e-3, lr_min=1e-4, kl=1e-6, n_scale=512),
+        vae=dict(steps=3000, batch=8, lr=1e-3, lr_min=5e-5, kl=1e-6, n_scale=512),
         judge=dict(steps=2500, batch=64, lr=2e-3, n_train=8000, n_val=1400),
         unet=dict(steps=20000, batch=48, lr=1e-3, te_lr=1e-3, warmup=500, ema=0.999, min_snr=5.0,
                   caption_dropout=0.1, n_latents=16384, eval_every=1500, eval_n=48, eval_steps=25, cfg=5.0),
@@ -143,11 +143,16 @@ class Config:
 
 
 def vae_batch(seed: int, step: int, batch: int) -> torch.Tensor:
+    """Pretraining scenes, shapeless blobs and uncaptioned random compositions of parts."""
     imgs = []
     for j in range(batch):
         i = step * batch + j
-        scene = world.none_scene_at(seed + 1, i) if i % 8 == 7 else world.scene_at(seed + 1, i)
-        imgs.append(world.render(scene))
+        if i % 8 == 7:
+            imgs.append(world.render(world.none_scene_at(seed + 1, i)))
+        elif i % 8 in (2, 5):
+            imgs.append(world.composition_at(seed + 1, i))
+        else:
+            imgs.append(world.render(world.scene_at(seed + 1, i)))
     return pil_to_tensor(imgs)
 
 

@@ -87,3 +87,10 @@ def test_none_scenes_have_no_shape(i):
     s = w.none_scene_at(0, i)
     assert s.shape == w.NONE
     w.render(s)  # draws
+
+
+def test_vae_compositions_are_deterministic_and_varied():
+    a = [w.composition_at(1, i).tobytes() for i in range(6)]
+    assert a == [w.composition_at(1, i).tobytes() for i in range(6)]
+    assert len(set(a)) == 6
+    assert w.composition_at(1, 0).size == (w.SIZE, w.SIZE)

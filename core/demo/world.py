@@ -247,3 +247,29 @@ def sample(seed: int, index: int) -> tuple[Image.Image, str, dict]:
     """(image, caption, labels) of pretraining scene *index*."""
     s = scene_at(seed, index)
     return render(s), s.caption, s.labels
+
+
+def composition_at(seed: int, index: int) -> Image.Image:
+    """An uncaptioned picture of 1–3 random parts (ellipses, boxes, triangles) of random colours on a
+    random background. Only the VAE sees these, so that it encodes shapes in general — including
+    ones made of parts it was never shown as such — rather than just the pretraining shapes."""
+    rng = _rng(seed, index, "composition")
+    img = _background(BACKGROUNDS[rng.randrange(len(BACKGROUNDS))])
+    d = ImageDraw.Draw(img)
+    k = _SS
+    palette = list(COLOURS.values())
+    for _ in range(rng.randint(1, 3)):
+        if rng.random() < 0.7:
+            fill = palette[rng.randrange(len(palette))]
+        else:
+            fill = tuple(rng.randrange(256) for _ in range(3))
+        cx, cy = rng.uniform(10, 54) * k, rng.uniform(10, 54) * k
+        rx, ry = rng.uniform(4, 18) * k, rng.uniform(4, 18) * k
+        kind = rng.randrange(3)
+        if kind == 0:
+            d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=fill)
+        elif kind == 1:
+            d.rectangle([cx - rx, cy - ry, cx + rx, cy + ry], fill=fill)
+        else:
+            d.polygon([(cx + rng.uniform(-rx, rx), cy + rng.uniform(-ry, ry)) for _ in range(3)], fill=fill)
+    return img.resize((SIZE, SIZE), Image.BOX)
