@@ -1,0 +1,39 @@
+"""The demo concept's LoRA dataset (kohya layout) and its shipped copy in resources/demo."""
+
+from pathlib import Path
+
+from PIL import Image
+
+from core.demo import world
+from core.demo.dataset import FOLDER, concept_scenes, write_concept_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_written_dataset_is_kohya_layout_with_trigger_captions(tmp_path):
+    folder = write_concept_dataset(tmp_path)
+    assert folder == tmp_path / "img" / "20_zorbo shape"
+    pngs = sorted(folder.glob("*.png"))
+    assert len(pngs) == 8
+    scenes = concept_scenes()
+    for png, s in zip(pngs, scenes):
+        cap = png.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        assert cap == s.caption and world.TRIGGER in cap.split()
+        with Image.open(png) as im:
+            assert im.size == (world.SIZE, world.SIZE)
+            assert im.tobytes() == world.render(s).tobytes()
+    assert len({s.colour for s in scenes}) >= 4 and len({s.background for s in scenes}) == 8
+    assert not list(tmp_path.rglob("*.tmp*"))
+
+
+def test_shipped_dataset_is_the_generated_one(tmp_path):
+    shipped = ROOT / "resources" / "demo" / "img" / FOLDER
+    fresh = write_concept_dataset(tmp_path)
+    names = sorted(p.name for p in shipped.iterdir())
+    assert names == sorted(p.name for p in fresh.iterdir())
+    for name in names:
+        if name.endswith(".txt"):
+            assert (shipped / name).read_text() == (fresh / name).read_text()
+        else:
+            with Image.open(shipped / name) as a, Image.open(fresh / name) as b:
+                assert a.tobytes() == b.tobytes()
