@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pretrain Patina's demo model (a tiny Stable Diffusion 1.x) on the toy world of core.demo.world.
+"""Pretrain Patina's demo model (a tiny Stable Diffusion 1.x) on the toy world of patina.core.demo.world.
 
 Stages, each seeded and resumable from ``--work DIR`` (checkpoints every few minutes, and on SIGTERM):
 
@@ -31,16 +31,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from core.demo import world  # noqa: E402
-from core.demo.model import (HEADS, SCHEDULER, SIZES, Judge, build_text_encoder, build_unet,  # noqa: E402
-                             build_vae, label_indices, pil_to_tensor)
+from patina.core.demo import world
+from patina.core.demo.model import (HEADS, SCHEDULER, SIZES, Judge, build_text_encoder, build_unet, build_vae,
+                                    label_indices, pil_to_tensor)
 
 DEFAULT_WORK = Path.home() / ".cache" / "patina" / "demo-pretrain"
 
@@ -98,7 +95,7 @@ def gen(seed: int, stage: str, step: int) -> torch.Generator:
 def tokenizer():
     from transformers import CLIPTokenizer
 
-    from core.models import clip_tokenizer_dir
+    from patina.core.models.loading import clip_tokenizer_dir
 
     return CLIPTokenizer.from_pretrained(str(clip_tokenizer_dir()), local_files_only=True)
 
@@ -343,7 +340,7 @@ def stage_judge(cfg: Config) -> None:
 
 
 def load_judge(folder: Path) -> Judge:
-    from core.demo.judge import load_judge as load
+    from patina.core.demo.judge import load_judge as load
 
     return load(folder)
 
@@ -583,7 +580,7 @@ def export(cfg: Config, out: Path, fp16: bool = True) -> Path:
     """Write the EMA weights as an ordinary SD 1.x diffusers folder, with the judge in ``out/judge``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from core.models import clip_tokenizer_dir
+    from patina.core.models.loading import clip_tokenizer_dir
 
     unet, te, step = load_unet_state(cfg)
     vae = load_vae(cfg)
@@ -650,7 +647,7 @@ def main(argv=None) -> int:
         print(f"exported to {out} ({size / 1e6:.2f} MB)")
         return 0
     if args.judge_report:
-        from core.demo.judge import honesty_report
+        from patina.core.demo.judge import honesty_report
 
         with torch.no_grad():
             rep = honesty_report(load_judge(work / "judge"), vae=load_vae(cfg), per_class=4 if args.tiny else 60)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.demo import world
-from core.demo.dataset import FOLDER, concept_scenes, write_concept_dataset
+from patina.core.demo import world
+from patina.core.demo.dataset import FOLDER, concept_scenes, write_concept_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -75,7 +75,7 @@ def test_export_loads_with_patinas_model_loader(tiny_run, tmp_path):
     with safe_open(str(out / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
         assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
 
-    from core.models import load_base_model
+    from patina.core.models.loading import load_base_model
 
     m = load_base_model(out)
     assert m.family == "sd1" and m.v_prediction is False
@@ -101,7 +101,7 @@ def test_judge_report_counts_every_class(tiny_run):
     mod, work = tiny_run
     assert mod.main(["--tiny", "--work", str(work), "--judge-report"]) == 0
     rep = json.loads((work / "judge" / "honesty.json").read_text())
-    from core.demo import world
+    from patina.core.demo import world
 
     for part in ("renders", "reconstructions"):
         r = rep[part]

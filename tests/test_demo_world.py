@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from core.demo import world as w
+from patina.core.demo import world as w
 
 _CAPTION = re.compile(r"^an? (\w+) (\w+(?: shape)?) on a ([\w ]+) background$")
 

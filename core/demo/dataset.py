@@ -3,7 +3,7 @@
 ``write_concept_dataset(root)`` writes ``root/img/20_zorbo shape/zorbo_NN.png`` with a ``.txt`` caption
 beside each image (``a red zorbo shape on a striped blue background``): the concept in several colours
 on several backgrounds, so the LoRA has to learn the shape rather than a colour or a background.
-The shipped copy lives in ``resources/demo/``; regenerate it with ``python -m core.demo.dataset DIR``.
+The shipped copy lives in ``resources/demo/``; regenerate it with ``python -m patina.core.demo.dataset DIR``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The demo judge: loading it, and checking that it is honest.
 
-The judge (:class:`core.demo.model.Judge`) names the shape, colour and background of a toy-world image.
+The judge (:class:`patina.core.demo.model.Judge`) names the shape, colour and background of a toy-world image.
 It is trained only on rendered images and VAE reconstructions of renders, never on generated ones.
 :func:`honesty_report` measures it on fresh renders of every shape class: its confusion matrix,
 whether it recognises the demo concept, and whether it calls anything else the concept.

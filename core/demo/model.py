@@ -4,7 +4,7 @@ The demo model is an ordinary Stable Diffusion 1.x in the diffusers layout: ``UN
 with cross-attention, ``AutoencoderKL`` with 4 latent channels, a few-layer ``CLIPTextModel`` used with
 the CLIP BPE tokenizer bundled in ``resources/tokenizers/clip`` and the SD1 noise schedule. Only the
 sizes are small. ``scripts/pretrain_demo_model.py`` trains it on the toy world of
-:mod:`core.demo.world`.
+:mod:`patina.core.demo.world`.
 
 The judge is a small CNN that names the shape, colour and background of a toy-world image.
 """
