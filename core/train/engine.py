@@ -79,7 +79,7 @@ def validated(cfg: dict) -> dict:
 def make_plan(cfg: dict, *, seed: int | None = None, num_processes: int = 1) -> RunPlan:
     from patina.core.dataset.folders import scan_dataset
     from patina.core.dataset.summary import upscale_warning
-    from patina.core.train.batches import DatasetPlan
+    from patina.core.dataset.plan import DatasetPlan
 
     cfg = validated(cfg)
     scan = scan_dataset(cfg["train_data_dir"], cfg["reg_data_dir"] or None, cfg["caption_extension"],
@@ -87,24 +87,16 @@ def make_plan(cfg: dict, *, seed: int | None = None, num_processes: int = 1) -> 
     if seed is None:
         seed = cfg["seed"] or (secrets.randbelow(2**31 - 1) + 1)
     data = DatasetPlan(scan, cfg, seed)
-    batches = len(data.epoch_batches(0))
-    per_process = math.ceil(batches / num_processes)
-    spe = max(1, math.ceil(per_process / cfg["gradient_accumulation_steps"]))
-    if cfg["max_train_epochs"] > 0:
-        epochs, total = cfg["max_train_epochs"], cfg["max_train_epochs"] * spe
-    elif cfg["max_train_steps"] > 0:
-        total = cfg["max_train_steps"]
-        epochs = math.ceil(total / spe)
-    else:
-        epochs, total = cfg["epoch"], cfg["epoch"] * spe
+    length = data.length(num_processes)
+    spe = max(1, length.steps_per_epoch)
+    epochs, total = length.epochs, length.total_steps
+    batches = data.batches_per_epoch()
     warnings = [f"{s.path}: skipped — {s.reason}" for s in scan.skipped]
     warnings += [f"{p}" for p in scan.folder_problems]
     upscaled = upscale_warning((it.image, it.bucket) for it in data.items)
     if upscaled:
         warnings.append(upscaled)
-    for bucket in data.small_buckets():
-        warnings.append(f"bucket {bucket} holds fewer images than the batch size in some steps; those steps run "
-                        "with a smaller batch")
+    warnings += data.small_bucket_warnings()
     out = Path(cfg["output_dir"]) / f"{cfg['output_name']}.safetensors"
     return RunPlan(cfg, scan, data, seed, batches, spe, epochs, total, out, warnings)
 
@@ -675,7 +667,7 @@ class Trainer:
         import torch
 
         from patina.core.train import losses as L
-        from patina.core.train.batches import _seed
+        from patina.core.dataset.plan import seed_for as _seed
 
         acc = self.accelerator
         gen = torch.Generator("cpu").manual_seed(_seed(self.seed, "noise", self.epoch, micro, acc.process_index))
@@ -709,7 +701,8 @@ class Trainer:
     def _latents_for(self, batch, micro):
         import torch
 
-        from patina.core.train.batches import _seed, prepare_image
+        from patina.core.dataset.plan import seed_for as _seed
+        from patina.core.train.batches import prepare_image
 
         dev = self.accelerator.device
         if self.latent_cache is not None:
