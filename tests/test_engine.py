@@ -255,7 +255,9 @@ def test_latent_disk_cache_is_reused_and_never_stale(sd1_dir, data, tmp_path, mo
 
 
 def test_caching_reports_its_progress_up_to_the_last_image(sd1_dir, data, tmp_path, monkeypatch):
-    monkeypatch.setattr(Trainer, "CACHE_PROGRESS_S", 0.0)  # every batch of the VAE reports
+    from patina.core.train import caching
+
+    monkeypatch.setattr(caching, "PROGRESS_EVERY_S", 0.0)  # every batch of the VAE reports
     ev = Collector()
     assert train(tiny_cfg(sd1_dir, data, tmp_path / "out", max_train_steps=1, vae_batch_size=1), ev).status == "finished"
     counts = [re.search(r"Caching latents (\d+)/(\d+)", s.text) for s in ev.of(E.Status) if s.phase == "caching"]
