@@ -169,6 +169,10 @@ def test_stop_saves_a_valid_file_and_resume_reproduces_the_losses(sd1_dir, data,
     assert not (tmp_path / "b" / "tiny.safetensors").exists()  # only a finished run writes <name>.safetensors
     state = tmp_path / "b" / "tiny-state"
     assert (state / "train_state.json").exists()
+    # No generator state is saved or restored: every random number of the loop comes from (seed, epoch, micro).
+    assert set(torch.load(state / "rng.pt", weights_only=True)) == {"scaler"}
+    torch.manual_seed(987)
+    torch.rand(100)
 
     second = Collector()
     fin2 = train(cfg_b, second, resume=str(state))
