@@ -776,7 +776,7 @@ def _from_pretrained(cls, folder: Path, subfolder: str, what: str, dtype: torch.
                 model = cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True,
                                             torch_dtype=dtype, **({"variant": variant} if variant else {}))
     except Exception as exc:  # noqa: BLE001
-        from .checkpoint import is_weights_only_refusal, refusal_message, weights_only_detail
+        from patina.core.models.checkpoint_files import is_weights_only_refusal, refusal_message, weights_only_detail
 
         if is_weights_only_refusal(exc):  # never show torch's own text (it suggests the unsafe option)
             raise PatinaError(refusal_message(sub, weights_only_detail(exc))) from None
@@ -792,7 +792,7 @@ def _refuse_unsafe_pickles(sub: Path) -> None:
     files = [f for f in sub.iterdir() if f.is_file()]
     if any(f.name.endswith(".safetensors") for f in files):
         return  # diffusers and transformers load the .safetensors weights and never open the .bin
-    from .checkpoint import pickle_unsafe_globals, refusal_message
+    from patina.core.models.checkpoint_files import pickle_unsafe_globals, refusal_message
 
     for f in files:
         if f.suffix.lower() != ".bin" or not zipfile_is_zip(f):
