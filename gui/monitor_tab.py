@@ -977,8 +977,7 @@ class MonitorTab(QWidget):
             self.plan_view.setPlainText(ev.text or "")
             self.step_bar.setRange(0, max(1, ev.total_steps))
             self.epoch_bar.setRange(0, max(1, ev.epochs))
-        elif isinstance(ev, Finished):
-            self._on_done(ev)
+        # Finished never arrives here: the worker delivers it once, through its ``done`` signal (_on_done).
 
     @Slot(object)
     def _on_done(self, fin: Finished) -> None:

@@ -4,7 +4,8 @@ import pytest
 
 import imagefactory as factory
 from patina.core.dataset.folders import scan_dataset
-from patina.core.dataset.summary import format_summary, steps_per_epoch, summarize, total_steps
+from patina.core.dataset.plan import run_length
+from patina.core.dataset.summary import epoch_arithmetic, format_summary, summarize
 from patina.core.errors import PatinaError
 
 
@@ -17,18 +18,19 @@ def dataset(tmp_path):
 
 
 def test_steps_per_epoch_formula():
-    assert steps_per_epoch(40, batch_size=4, grad_accum=3) == 4     # ceil(ceil(40/4)/3)
-    assert steps_per_epoch(41, batch_size=4, grad_accum=1) == 11
-    assert steps_per_epoch(40, batch_size=4, grad_accum=3, reg_factor=2) == 7  # ceil(20/3)
-    assert steps_per_epoch(1, 1, 1) == 1
+    assert epoch_arithmetic([(40, 1)], batch_size=4, grad_accum=3).simple_steps == 4     # ceil(ceil(40/4)/3)
+    assert epoch_arithmetic([(41, 1)], batch_size=4).simple_steps == 11
+    assert epoch_arithmetic([(40, 1)], 1, batch_size=4, grad_accum=3).simple_steps == 7  # with reg: ceil(20/3)
+    assert epoch_arithmetic([(1, 1)]).simple_steps == 1
 
 
 def test_total_steps_precedence():
-    assert total_steps(4, epochs=5) == (20, 5, "5 epoch(s) × 4 steps per epoch")
-    steps, epochs, rule = total_steps(4, epochs=5, max_train_steps=7)
-    assert (steps, epochs) == (7, 2) and "max train steps" in rule
-    steps, epochs, rule = total_steps(4, epochs=5, max_train_steps=7, max_train_epochs=3)
-    assert (steps, epochs) == (12, 3) and "max train epochs" in rule
+    r = run_length(4, epochs=5)
+    assert (r.total_steps, r.epochs, r.rule) == (20, 5, "5 epoch(s) × 4 steps per epoch")
+    r = run_length(4, epochs=5, max_train_steps=7)
+    assert (r.total_steps, r.epochs) == (7, 2) and "max train steps" in r.rule
+    r = run_length(4, epochs=5, max_train_steps=7, max_train_epochs=3)
+    assert (r.total_steps, r.epochs) == (12, 3) and "max train epochs" in r.rule
 
 
 def test_summary_step_math(dataset):
@@ -123,8 +125,6 @@ def test_summary_rejects_bad_settings(dataset, kwargs, message):
 
 
 def test_epoch_arithmetic_reads_the_same_everywhere():
-    from patina.core.dataset.summary import epoch_arithmetic
-
     a = epoch_arithmetic([(16, 10)], reg_samples_available=4, batch_size=2)
     assert a.text == "16 images × 10 repeats = 160 train + 160 reg = 320 samples / batch 2 = 160 steps per epoch"
     assert (a.train_samples, a.reg_samples, a.total_samples, a.steps_per_epoch) == (160, 160, 320, 160)

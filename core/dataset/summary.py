@@ -4,13 +4,13 @@ should fix, as data (for the GUI) and as aligned text (for the terminal)."""
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from patina.core.dataset.buckets import BucketSet, Size, format_size, histogram, parse_resolution
 from patina.core.dataset.captions import SOURCE_FILE, SOURCE_FOLDER, tag_frequency
 from patina.core.dataset.folders import DatasetScan, ImageEntry, SkippedFile
+from patina.core.dataset.plan import DatasetPlan
 from patina.core.errors import PatinaError
 
 
@@ -139,38 +139,6 @@ def upscale_warning(images_and_buckets) -> str | None:
             f"{img.width}×{img.height} → {b[0]}×{b[1]}); larger pictures give sharper results")
 
 
-def steps_per_epoch(samples: int, batch_size: int = 1, grad_accum: int = 1, reg_factor: int = 1) -> int:
-    """Optimizer steps per epoch: ``ceil(ceil(samples × reg_factor / batch) / grad_accum)``."""
-    batches = math.ceil(samples * reg_factor / batch_size)
-    return math.ceil(batches / grad_accum)
-
-
-def bucketed_steps_per_epoch(scan: DatasetScan, bucket_of, batch_size: int = 1, grad_accum: int = 1) -> int:
-    """Steps per epoch as the engine batches: every batch holds images of one bucket, so each bucket's
-    samples are batched on their own (``sum(ceil(n_bucket / batch))``). Regularisation samples are the
-    reg folders' samples in order, cycled up to the number of training samples (the same every epoch)."""
-    train = [bucket_of(img) for s in scan.train_subsets for img in s.images for _ in range(s.repeats)]
-    reg = [bucket_of(img) for s in scan.reg_subsets for img in s.images for _ in range(s.repeats)]
-    if reg:
-        train += [reg[i % len(reg)] for i in range(len(train))]
-    batches = sum(math.ceil(n / batch_size) for n in Counter(train).values())
-    return math.ceil(batches / grad_accum)
-
-
-def total_steps(steps_epoch: int, *, epochs: int = 1, max_train_steps: int = 0,
-                max_train_epochs: int = 0) -> tuple[int, int, str]:
-    """``(total steps, epochs, rule)`` with kohya's precedence: max_train_epochs > 0 wins, then
-    max_train_steps > 0, else epochs × steps per epoch."""
-    if max_train_epochs > 0:
-        return (max_train_epochs * steps_epoch, max_train_epochs,
-                f"max train epochs {max_train_epochs} × {steps_epoch} steps per epoch")
-    if max_train_steps > 0:
-        n_epochs = math.ceil(max_train_steps / steps_epoch) if steps_epoch else 0
-        return (max_train_steps, n_epochs,
-                f"max train steps {max_train_steps} (about {n_epochs} epoch(s) of {steps_epoch} steps)")
-    return epochs * steps_epoch, epochs, f"{epochs} epoch(s) × {steps_epoch} steps per epoch"
-
-
 def _positive(value, label: str, minimum: int = 1) -> int:
     try:
         number = int(value)
@@ -202,9 +170,15 @@ def summarize(scan: DatasetScan, *, batch_size: int = 1, epochs: int = 1, grad_a
     def bucket_of(img: ImageEntry) -> Size:
         return buckets.assign(img.width, img.height) if enable_bucket else reso
 
-    spe = bucketed_steps_per_epoch(scan, bucket_of, batch_size, grad_accum)
-    total, n_epochs, rule = total_steps(spe, epochs=epochs, max_train_steps=max_train_steps,
-                                        max_train_epochs=max_train_epochs)
+    # The steps and the small-bucket rule come from the run plan the engine trains from.
+    plan = DatasetPlan(scan, {"max_resolution": reso, "enable_bucket": enable_bucket,
+                              "min_bucket_reso": min_bucket_reso, "max_bucket_reso": max_bucket_reso,
+                              "bucket_reso_steps": bucket_reso_steps, "bucket_no_upscale": bucket_no_upscale,
+                              "train_batch_size": batch_size, "flip_aug": False,
+                              "gradient_accumulation_steps": grad_accum, "epoch": epochs,
+                              "max_train_steps": max_train_steps, "max_train_epochs": max_train_epochs}, seed=0)
+    length = plan.length()
+    spe, total, n_epochs, rule = length.steps_per_epoch, length.total_steps, length.epochs, length.rule
 
     train_imgs = [img for s in scan.train_subsets if s.repeats > 0 for img in s.images]
     reg_imgs = [img for s in scan.reg_subsets if s.repeats > 0 for img in s.images]
@@ -224,12 +198,7 @@ def summarize(scan: DatasetScan, *, batch_size: int = 1, epochs: int = 1, grad_a
         arithmetic=scan_arithmetic(scan, batch_size, grad_accum, spe),
     )
 
-    if batch_size > 1 and enable_bucket:
-        for size, count in hist.items():
-            if count < batch_size:
-                summary.bucket_warnings.append(
-                    f"bucket {format_size(size)} holds {count} image(s), fewer than the batch size {batch_size}: "
-                    "its batches repeat the same pictures or come out smaller")
+    summary.bucket_warnings = plan.small_bucket_warnings()
 
     summary.too_small = [i for i in train_imgs + reg_imgs if buckets.too_small(i.width, i.height)]
     if summary.too_small:

@@ -40,7 +40,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from patina.core.errors import PatinaError
 
@@ -1083,8 +1083,3 @@ class LoraNetwork:
         self.modules = []
         self._by_name = {}
         self._aliases = {}
-
-
-def iter_kohya_modules(sd: dict) -> Iterable[tuple[str, dict]]:
-    """(module name, {suffix: tensor}) of a kohya-format state dict."""
-    return _group_kohya(sd).items()

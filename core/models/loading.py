@@ -52,7 +52,6 @@ __all__ = [
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL"}
-LAYOUTS = ("diffusers", "single_file", "ckpt")
 
 SUPPORTED = (
     "Patina trains LoRAs on Stable Diffusion 1.x, 2.x and SDXL base models, given either as one "

@@ -1,8 +1,7 @@
-"""From a scanned dataset to training batches: epoch plans with aspect-ratio buckets, image
-transforms, latent caching (memory or disk) and caption processing.
+"""From planned batches to tensors' inputs: image transforms, latent cache keys and caption processing.
 
-An epoch's batch order depends only on (seed, epoch), so a resumed run sees exactly the batches the
-uninterrupted run would have seen.
+Which images train in which bucket and how each epoch batches them is the run plan,
+patina.core.dataset.plan.DatasetPlan (re-exported here).
 """
 
 from __future__ import annotations
@@ -15,110 +14,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from patina.core.dataset.buckets import BucketSet, resize_and_crop
+from patina.core.dataset.buckets import resize_and_crop
 from patina.core.dataset.captions import process_caption
-from patina.core.dataset.folders import DatasetScan, ImageEntry
 from patina.core.dataset.images import load_rgb
-from patina.core.config.schema import parse_resolution
+from patina.core.dataset.plan import DatasetPlan, Sample, TrainItem, seed_for
 
-
-@dataclass(frozen=True)
-class TrainItem:
-    image: ImageEntry
-    bucket: tuple[int, int]          # (width, height)
-    is_reg: bool
-
-
-@dataclass(frozen=True)
-class Sample:
-    item: int                        # index into DatasetPlan.items
-    flip: bool
-
-
-def _seed(*parts) -> int:
-    h = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(h[:8], "little")
-
-
-class DatasetPlan:
-    """The items of a run and how each epoch batches them."""
-
-    def __init__(self, scan: DatasetScan, cfg: dict, seed: int):
-        self.cfg = cfg
-        self.seed = seed
-        res = parse_resolution(cfg["max_resolution"])
-        if cfg["enable_bucket"]:
-            self.buckets = BucketSet(res, cfg["min_bucket_reso"], cfg["max_bucket_reso"], cfg["bucket_reso_steps"],
-                                     cfg["bucket_no_upscale"])
-        else:
-            self.buckets = None
-        self.resolution = res
-        self.items: list[TrainItem] = []
-        self.train_samples: list[int] = []     # item index repeated by the folder's repeats
-        self.reg_samples: list[int] = []
-        for subset in scan.subsets:
-            for img in subset.images:
-                bucket = self.buckets.assign(img.width, img.height) if self.buckets else res
-                self.items.append(TrainItem(img, bucket, subset.is_reg))
-                idx = len(self.items) - 1
-                (self.reg_samples if subset.is_reg else self.train_samples).extend([idx] * subset.repeats)
-        self.batch_size = int(cfg["train_batch_size"])
-
-    def epoch_samples(self, epoch: int) -> list[Sample]:
-        """Samples of one epoch (0-based), reg samples cycled to match the training samples like kohya."""
-        rng = random.Random(_seed(self.seed, "epoch", epoch))
-        idx = list(self.train_samples)
-        if self.reg_samples:  # in folder order, cycled: the same reg samples (and batch count) every epoch
-            reg = self.reg_samples
-            idx += [reg[i % len(reg)] for i in range(len(idx))]
-        flip = bool(self.cfg["flip_aug"])
-        return [Sample(i, flip and rng.random() < 0.5) for i in idx]
-
-    def epoch_batches(self, epoch: int) -> list[list[Sample]]:
-        rng = random.Random(_seed(self.seed, "batches", epoch))
-        by_bucket: dict[tuple[int, int], list[Sample]] = {}
-        for s in self.epoch_samples(epoch):
-            by_bucket.setdefault(self.items[s.item].bucket, []).append(s)
-        batches = []
-        for bucket in sorted(by_bucket):
-            samples = by_bucket[bucket]
-            rng.shuffle(samples)
-            batches += [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
-        rng.shuffle(batches)
-        return batches
-
-    def bucket_histogram(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for it in self.items:
-            key = f"{it.bucket[0]}x{it.bucket[1]}"
-            counts[key] = counts.get(key, 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: tuple(int(x) for x in kv[0].split("x"))))
-
-    def bucket_info(self) -> dict:
-        """``ss_bucket_info`` in sd-scripts' shape, which AUTOMATIC1111's metadata panel reads: each bucket's
-        resolution and sample count (images × repeats) and the mean |bucket − image| aspect-ratio error."""
-        counts: dict[tuple[int, int], int] = {}
-        for i in self.train_samples + self.reg_samples:
-            b = self.items[i].bucket
-            counts[b] = counts.get(b, 0) + 1
-        errors = [abs(it.bucket[0] / it.bucket[1] - it.image.width / it.image.height)
-                  for it in self.items if it.image.height]
-        return {"buckets": {str(i): {"resolution": [w, h], "count": n}
-                            for i, ((w, h), n) in enumerate(sorted(counts.items()))},
-                "mean_img_ar_error": sum(errors) / len(errors) if errors else 0.0}
-
-    def small_buckets(self) -> list[str]:
-        """Buckets holding fewer samples than the batch size (those steps run at a smaller batch)."""
-        counts: dict[tuple[int, int], int] = {}
-        for s in self.epoch_samples(0):
-            b = self.items[s.item].bucket
-            counts[b] = counts.get(b, 0) + 1
-        return [f"{w}x{h}" for (w, h), n in sorted(counts.items()) if n % self.batch_size]
+__all__ = ["DatasetPlan", "Sample", "TrainItem", "caption_for_step", "captions_are_static", "can_cache_latents",
+           "prepare_image", "latent_cache_key"]
 
 
 def caption_for_step(plan: DatasetPlan, sample: Sample, epoch: int, step: int, position: int) -> str:
     cfg = plan.cfg
-    rng = random.Random(_seed(plan.seed, "caption", epoch, step, position))
+    rng = random.Random(seed_for(plan.seed, "caption", epoch, step, position))
     return process_caption(plan.items[sample.item].image.caption, shuffle=cfg["shuffle_caption"],
                            keep_tokens=cfg["keep_tokens"], caption_dropout_rate=cfg["caption_dropout_rate"],
                            caption_dropout_every_n_epochs=cfg["caption_dropout_every_n_epochs"],
