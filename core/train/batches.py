@@ -19,7 +19,7 @@ from patina.core.dataset.buckets import BucketSet, resize_and_crop
 from patina.core.dataset.captions import process_caption
 from patina.core.dataset.folders import DatasetScan, ImageEntry
 from patina.core.dataset.images import load_rgb
-from patina.core.config.schema import parse_resolution
+from patina.core.dataset.buckets import parse_resolution
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,15 @@ class TrainItem:
 
 
 @dataclass(frozen=True)
-class Sample:
+class BatchItem:
+    """One image of one step's batch (not a generated sample image: that is events.Sample)."""
+
     item: int                        # index into DatasetPlan.items
     flip: bool
 
 
-def _seed(*parts) -> int:
+def derive_seed(*parts) -> int:
+    """A seed derived from the run's seed and what it is for (same parts, same seed, on every machine)."""
     h = hashlib.sha256(repr(parts).encode()).digest()
     return int.from_bytes(h[:8], "little")
 
@@ -64,19 +67,19 @@ class DatasetPlan:
                 (self.reg_samples if subset.is_reg else self.train_samples).extend([idx] * subset.repeats)
         self.batch_size = int(cfg["train_batch_size"])
 
-    def epoch_samples(self, epoch: int) -> list[Sample]:
+    def epoch_samples(self, epoch: int) -> list[BatchItem]:
         """Samples of one epoch (0-based), reg samples cycled to match the training samples like kohya."""
-        rng = random.Random(_seed(self.seed, "epoch", epoch))
+        rng = random.Random(derive_seed(self.seed, "epoch", epoch))
         idx = list(self.train_samples)
         if self.reg_samples:  # in folder order, cycled: the same reg samples (and batch count) every epoch
             reg = self.reg_samples
             idx += [reg[i % len(reg)] for i in range(len(idx))]
         flip = bool(self.cfg["flip_aug"])
-        return [Sample(i, flip and rng.random() < 0.5) for i in idx]
+        return [BatchItem(i, flip and rng.random() < 0.5) for i in idx]
 
-    def epoch_batches(self, epoch: int) -> list[list[Sample]]:
-        rng = random.Random(_seed(self.seed, "batches", epoch))
-        by_bucket: dict[tuple[int, int], list[Sample]] = {}
+    def epoch_batches(self, epoch: int) -> list[list[BatchItem]]:
+        rng = random.Random(derive_seed(self.seed, "batches", epoch))
+        by_bucket: dict[tuple[int, int], list[BatchItem]] = {}
         for s in self.epoch_samples(epoch):
             by_bucket.setdefault(self.items[s.item].bucket, []).append(s)
         batches = []
@@ -116,9 +119,9 @@ class DatasetPlan:
         return [f"{w}x{h}" for (w, h), n in sorted(counts.items()) if n % self.batch_size]
 
 
-def caption_for_step(plan: DatasetPlan, sample: Sample, epoch: int, step: int, position: int) -> str:
+def caption_for_step(plan: DatasetPlan, sample: BatchItem, epoch: int, step: int, position: int) -> str:
     cfg = plan.cfg
-    rng = random.Random(_seed(plan.seed, "caption", epoch, step, position))
+    rng = random.Random(derive_seed(plan.seed, "caption", epoch, step, position))
     return process_caption(plan.items[sample.item].image.caption, shuffle=cfg["shuffle_caption"],
                            keep_tokens=cfg["keep_tokens"], caption_dropout_rate=cfg["caption_dropout_rate"],
                            caption_dropout_every_n_epochs=cfg["caption_dropout_every_n_epochs"],

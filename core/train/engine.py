@@ -32,7 +32,8 @@ from pathlib import Path
 
 from patina.core.errors import PatinaError
 from patina.core.train.events import (Commands, Emit, EpochEnd, Finished, Log, Metrics, Plan, Progress, Sample, Saved, Status)
-from patina.core.config.schema import check_values, errors, parse_resolution, training_lrs
+from patina.core.config.schema import ValidConfig, check_values, errors, missing_required, training_lrs
+from patina.core.dataset.buckets import parse_resolution
 
 from patina.core.train.preflight import STATE_FILES  # noqa: F401 - the files of a <name>-state folder
 
@@ -54,24 +55,21 @@ class RunPlan:
 
 
 def _require_paths(cfg: dict) -> None:
-    missing = []
-    if not cfg["pretrained_model_name_or_path"]:
-        missing.append("pretrained_model_name_or_path (Model ▸ Pretrained model): choose a .safetensors checkpoint "
-                       "or a diffusers folder")
-    if not cfg["train_data_dir"]:
-        missing.append("train_data_dir (Model ▸ Image folder): choose the folder that contains your 10_name folders")
-    if not cfg["output_dir"]:
-        missing.append("output_dir (Folders ▸ Output folder): choose where the LoRA is written")
+    missing = [f"{p.key} ({p.place}): choose {p.required}" for p in missing_required(cfg)]
     if missing:
         raise PatinaError("Some required settings are empty:", problems=missing)
 
 
 def validated(cfg: dict) -> dict:
-    values, problems = check_values(cfg)
-    bad = errors(problems)
-    if bad:
-        raise PatinaError(f"{len(bad)} setting(s) are not valid; fix them and start again:",
-                          problems=[str(p) for p in bad])
+    """*cfg* checked by the schema's one validator; a :class:`ValidConfig` (already checked) is taken as it is."""
+    if isinstance(cfg, ValidConfig):
+        values = cfg
+    else:
+        values, problems = check_values(cfg)
+        bad = errors(problems)
+        if bad:
+            raise PatinaError(f"{len(bad)} setting(s) are not valid; fix them and start again:",
+                              problems=[str(p) for p in bad])
     _require_paths(values)
     return values
 
@@ -421,20 +419,7 @@ class Trainer:
 
             weights_sd, _ = read_lora(cfg["network_weights"])
 
-        def blocks(key):  # block-wise settings are passed as kohya's text (network.py parses them)
-            return cfg[key].strip() or None
-
-        locon = cfg["LoRA_type"] == "Kohya LoCon"
-        spec = NetworkSpec(
-            network_dim=cfg["network_dim"], network_alpha=cfg["network_alpha"], conv_dim=cfg["conv_dim"] if locon else 0,
-            conv_alpha=cfg["conv_alpha"] if locon else 0, network_dropout=cfg["network_dropout"],
-            train_unet=self.train_unet, train_text_encoder=self.train_te,
-            down_lr_weight=blocks("down_lr_weight"), mid_lr_weight=blocks("mid_lr_weight"),
-            up_lr_weight=blocks("up_lr_weight"), block_lr_zero_threshold=cfg["block_lr_zero_threshold"],
-            block_dims=blocks("block_dims"), block_alphas=blocks("block_alphas"),
-            conv_block_dims=blocks("conv_block_dims") if locon else None,
-            conv_block_alphas=blocks("conv_block_alphas") if locon else None,
-        )
+        spec = NetworkSpec.from_values(cfg)
         torch.manual_seed(self.seed)
         tes = self.base.text_encoders if self.train_te else []
         if weights_sd is not None and cfg["dim_from_weights"]:
@@ -675,11 +660,11 @@ class Trainer:
         import torch
 
         from patina.core.train import losses as L
-        from patina.core.train.batches import _seed
+        from patina.core.train.batches import derive_seed
 
         acc = self.accelerator
-        gen = torch.Generator("cpu").manual_seed(_seed(self.seed, "noise", self.epoch, micro, acc.process_index))
-        torch.manual_seed(_seed(self.seed, "torch", self.epoch, micro, acc.process_index))
+        gen = torch.Generator("cpu").manual_seed(derive_seed(self.seed, "noise", self.epoch, micro, acc.process_index))
+        torch.manual_seed(derive_seed(self.seed, "torch", self.epoch, micro, acc.process_index))
         latents, sizes = self._latents_for(batch, micro)
         hidden, pooled = self._text_for(batch, micro)
         sched = self.base.noise_scheduler
@@ -709,7 +694,7 @@ class Trainer:
     def _latents_for(self, batch, micro):
         import torch
 
-        from patina.core.train.batches import _seed, prepare_image
+        from patina.core.train.batches import derive_seed, prepare_image
 
         dev = self.accelerator.device
         if self.latent_cache is not None:
@@ -717,7 +702,7 @@ class Trainer:
             lat = torch.stack([e["latent"] for e in entries]).to(dev)
             sizes = torch.stack([e["sizes"] for e in entries]).float()
             return lat, sizes
-        rng = random.Random(_seed(self.seed, "aug", self.epoch, micro))
+        rng = random.Random(derive_seed(self.seed, "aug", self.epoch, micro))
         preps = [prepare_image(self.rp.data.items[s.item], s.flip, self.cfg, rng) for s in batch]
         self.base.vae.to(dev)
         pixels = torch.stack([torch.from_numpy(p.pixels) for p in preps])
