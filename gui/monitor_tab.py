@@ -25,13 +25,11 @@ from PySide6.QtWidgets import (QApplication, QCheckBox, QDialog, QDialogButtonBo
 
 from patina.core.errors import PatinaError
 from patina.core.train.events import EpochEnd, Finished, Log, Metrics, Plan, Progress, Sample, Saved, Status
-from patina.core.config.schema import FAMILY_LABELS, Problem, check_values, errors
+from patina.core.config.schema import REQUIRED_TO_START  # noqa: F401 - re-exported for the Training tab
+from patina.core.config.schema import FAMILY_LABELS, Problem, check_values, errors, missing_required
 from patina.gui.param_pages import problem_text
 from patina.gui.widgets import Banner, format_number
 from patina.gui.worker import BackgroundCall, EngineFn, TrainingWorker, default_plan, default_train
-
-# Needed before a run can start; the schema allows them empty so that a config can be saved half-done.
-REQUIRED_TO_START = ("pretrained_model_name_or_path", "train_data_dir", "output_dir")
 
 START_TEXT = "Start training"
 STOP_TEXT = "Stop training"
@@ -814,9 +812,8 @@ class MonitorTab(QWidget):
         """(complete config, errors, warnings) for *raw* values from the form."""
         cfg, problems = check_values(raw)
         errs = errors(problems)
-        for key in REQUIRED_TO_START:
-            if not str(raw.get(key, "")).strip():
-                errs.append(Problem(key, "is needed to start training; set it on the Training tab", ""))
+        for param in missing_required(raw):
+            errs.append(Problem(param.key, "is needed to start training; set it on the Training tab", ""))
         warns = [p for p in problems if p.severity != "error"]
         return cfg, errs, warns
 

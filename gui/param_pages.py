@@ -2,7 +2,7 @@
 
 One editor per :class:`~patina.core.config.schema.Param`, chosen by type; label and tooltip from the schema; ranges and
 choices from the schema; visibility and enabled state re-evaluated from ``visible_if``/``enabled_if`` on
-every change; every field checked with :func:`patina.core.config.schema.coerce` and :func:`patina.core.config.schema.cross_check` and
+every change; every field checked with :func:`patina.core.config.schema.check_values` (the schema's one validator) and
 marked in place (border + message under the field). The base model's family is detected in the
 background and stored as ``_detected_family`` so that the rules can use it.
 
@@ -22,8 +22,8 @@ from PySide6.QtWidgets import (QCheckBox, QFrame, QGridLayout, QGroupBox, QHBoxL
                                QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QScrollArea, QSplitter,
                                QStackedWidget, QVBoxLayout, QWidget)
 
-from patina.core.config.schema import (BY_KEY, FAMILY_LABELS, PAGES, PARAMS, SAMPLER_LABELS, Param, Problem, ValueProblem, coerce,
-                         cross_check, defaults, mirrored_on, sections)
+from patina.core.config.schema import (BY_KEY, FAMILY_LABELS, PAGES, PARAMS, Param, Problem, ValueProblem, check_values,
+                                       coerce, defaults, mirrored_on, sections)
 from patina.gui.widgets import (ERROR_COLOR, WARNING_COLOR, FieldFrame, FloatSpinBox, NoWheelComboBox, NoWheelSpinBox,
                          PathEdit)
 from patina.gui.worker import BackgroundCall
@@ -41,21 +41,11 @@ PAGE_INTROS = {
 }
 PARAMETER_PAGES = ("basic", "advanced", "samples")
 
-# Inputs that must exist when set; a missing one is a warning in place (the run's plan makes it an error).
-_INPUT_PATHS = ("pretrained_model_name_or_path", "train_data_dir", "reg_data_dir", "network_weights", "vae", "resume")
 _INT32_MAX = 2**31 - 1
 NUMBER_WIDTH = 130
 LABEL_MAX_WIDTH = 240
 _KEY_IN_TEXT = re.compile(r"\b(" + "|".join(sorted((re.escape(p.key) for p in PARAMS if "_" in p.key),
                                                   key=len, reverse=True)) + r")\b")
-
-
-def choice_label(param: Param, value: Any) -> str:
-    if param.key == "model_family":
-        return FAMILY_LABELS.get(value, str(value))
-    if param.key == "sample_sampler" and value in SAMPLER_LABELS:
-        return f"{SAMPLER_LABELS[value]}  ({value})"
-    return str(value)
 
 
 def problem_text(problem: Problem) -> str:
@@ -149,7 +139,7 @@ def _make_editor_inner(param: Param, parent: QWidget):
     if t == "choice":
         w = NoWheelComboBox(parent)
         for c in param.choices:
-            w.addItem(choice_label(param, c), c)
+            w.addItem(param.choice_label(c), c)
             w.setItemData(w.count() - 1, str(c), Qt.ItemDataRole.ToolTipRole)
 
         def set_choice(v, w=w, param=param):
@@ -169,9 +159,9 @@ def _make_editor_inner(param: Param, parent: QWidget):
         w.setTabChangesFocus(True)
         lines = 14 if param.key == "sample_prompts" else 4
         w.setFixedHeight(w.fontMetrics().lineSpacing() * lines + 14)
+        w.setPlaceholderText(param.placeholder)
         if param.key == "sample_prompts":
             w.setFont(QFont("monospace"))
-            w.setPlaceholderText("a photo of sks dog on a beach --n blurry, lowres --w 512 --h 512 --d 1 --s 28 --l 7")
             w.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         return w, w.toPlainText, lambda v: w.setPlainText(str(v)), [w.textChanged]
     if t == "path":
@@ -179,8 +169,8 @@ def _make_editor_inner(param: Param, parent: QWidget):
         return w, w.text, lambda v: w.setText(str(v)), [w.textChanged]
     # str, resolution
     w = QLineEdit(parent)
+    w.setPlaceholderText(param.placeholder)
     if t == "resolution":
-        w.setPlaceholderText("W,H  e.g. 512,512")
 
         def tidy(w=w, param=param):  # "768x512" → "768,512" once the user is done typing
             try:
@@ -191,8 +181,6 @@ def _make_editor_inner(param: Param, parent: QWidget):
                 w.setText(canon)
 
         w.editingFinished.connect(tidy)
-    elif param.key in ("optimizer_args", "lr_scheduler_args"):
-        w.setPlaceholderText("key=value key=value")
     return w, w.text, lambda v: w.setText(str(v)), [w.textChanged]
 
 
@@ -614,20 +602,7 @@ class ParamForm(QWidget):
         self._validate(vals)
 
     def _validate(self, vals: Mapping[str, Any]) -> None:
-        problems: list[Problem] = []
-        cfg = defaults()
-        for p in PARAMS:
-            try:
-                cfg[p.key] = coerce(p, vals[p.key])
-            except ValueProblem as exc:
-                problems.append(Problem(p.key, str(exc), vals[p.key]))
-        problems.extend(cross_check(cfg))
-        for key in _INPUT_PATHS:
-            text = str(vals.get(key, "")).strip()
-            if text and not os.path.exists(os.path.expanduser(text)):
-                what = "folder" if BY_KEY[key].path_kind == "dir" else "file or folder"
-                problems.append(Problem(key, f"no such {what}; check the path or choose it with Browse…", None,
-                                        "warning"))
+        _, problems = check_values(vals, inputs=True)  # the schema's one validator
         if self._detect_problem is not None:
             problems.append(self._detect_problem)
         self._problems = problems

@@ -29,7 +29,25 @@ def test_train_cli_then_verify(sd1_dir, tmp_path, capsys):
     assert lora.exists() and "Your LoRA is" in out.out
     assert cli(["verify", str(lora)]) == 0
     report = capsys.readouterr().out
-    assert "lora_unet" in report or "UNet" in report
+    # what a trained file must show: the family, the trained rank and alpha, a hash that fits, every loader OK
+    assert "Base model: SD 1.x" in report
+    assert "Ranks: 4; alphas: 4" in report
+    assert "Model hash: matches the tensors" in report
+    assert "PROBLEM" not in report and "NaN/inf" not in report
+    # the same file with one tensor made NaN: verify fails and names it
+    from safetensors.torch import load_file, save_file
+
+    from patina.core.lora.kohya_format import read_lora_metadata
+
+    tensors = load_file(str(lora))
+    name = next(k for k in sorted(tensors) if k.endswith("lora_up.weight"))
+    tensors[name] = tensors[name] * float("nan")
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata=read_lora_metadata(lora))
+    assert cli(["verify", str(broken)]) == 1
+    report = capsys.readouterr().out
+    assert "NaN/inf in 1 module(s)" in report and name.rsplit(".", 2)[0] in report
+    assert "Model hash: DOES NOT MATCH the tensors" in report
     # the output exists now: without --overwrite it is refused, with a message and no traceback
     rc = cli(["train", str(preset), "--set", "max_train_steps=1", "--set", "output_name=cli", "--quiet"])
     err = capsys.readouterr().err

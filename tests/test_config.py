@@ -312,3 +312,108 @@ def test_sampling_without_prompts_is_a_warning():
     assert len(found) == 1 and found[0].severity == "warning" and "no sample prompts" in found[0].message
     assert warnings_for(sample_at_first=True, sample_prompts="") != []
     assert warnings_for(sample_every_n_steps=50, sample_prompts="a dog") == []
+
+
+# --- facts stated once, in the schema --------------------------------------------------------------------
+
+def test_required_settings_input_paths_and_metadata_keys_are_read_from_the_schema(tmp_path):
+    from patina.core.lora.kohya_format import build_metadata
+    from patina.core.train.engine import validated
+
+    assert params.REQUIRED_TO_START == ("pretrained_model_name_or_path", "train_data_dir", "output_dir")
+    assert all(BY_KEY[k].required for k in params.REQUIRED_TO_START)
+    # the engine names each empty required setting with the page and label the window shows
+    with pytest.raises(PatinaError) as err:
+        validated(defaults())
+    text = str(err.value)
+    for key in params.REQUIRED_TO_START:
+        p = BY_KEY[key]
+        assert f"{key} ({dict(params.PAGES)[p.page]} ▸ {p.label}): choose {p.required}" in text
+    # every input path that is set but missing is a warning naming it; existing or empty ones are not
+    cfg = defaults()
+    cfg.update({k: str(tmp_path / "nope" / k) for k in params.INPUT_PATHS})
+    assert [p.key for p in params.missing_inputs(cfg)] == list(params.INPUT_PATHS)
+    assert all(p.severity == "warning" for p in params.missing_inputs(cfg))
+    cfg.update({k: str(tmp_path) for k in params.INPUT_PATHS}, vae="")
+    assert params.missing_inputs(cfg) == []
+    # each setting with an ss_* key is recorded under it in the LoRA file's metadata
+    values = defaults()
+    md = build_metadata(values=values, family="sd1")
+    assert len(params.SS_KEYS) > 40
+    for key, ss_key in params.SS_KEYS.items():
+        assert ss_key in md, key
+    assert md["ss_batch_size_per_device"] == str(values["train_batch_size"])
+    assert md["ss_debiased_estimation"] == "False"
+
+
+def test_choice_labels_are_declared_with_the_choice():
+    assert BY_KEY["model_family"].choice_label("auto") == "Detect from file"
+    assert BY_KEY["model_family"].choice_label("sdxl") == "SDXL"
+    assert BY_KEY["sample_sampler"].choice_label("euler_a") == "Euler a  (euler_a)"
+    assert BY_KEY["sample_sampler"].choice_label("ddim") == "ddim"
+    for p in PARAMS:
+        for choice, _ in p.choice_labels:
+            assert choice in p.choices, p.key
+
+
+def test_loader_settings_that_nothing_read_are_gone(tmp_path):
+    gone = ("max_data_loader_n_workers", "persistent_data_loader_workers")
+    assert not any(k in BY_KEY for k in gone)
+    # an older Patina file that has them loads without reporting them
+    old = cfgmod.read_config(write(tmp_path / "old.json", {"schema_version": 1, "epoch": 2,
+                                                           "max_data_loader_n_workers": 4,
+                                                           "persistent_data_loader_workers": True}))
+    assert old.ok and old.unknown == [] and old.values["epoch"] == 2
+    # a kohya_ss config still imports; a value that was set is reported as not carried over
+    kohya = cfgmod.config_from_dict({"LoRA_type": "Standard", "max_data_loader_n_workers": "4",
+                                     "persistent_data_loader_workers": False})
+    assert kohya.kohya and kohya.ok
+    assert kohya.unsupported_set == {"max_data_loader_n_workers": "4"}
+    report = cfgmod.format_load_report(kohya, "kohya.json")
+    assert "Not carried over" in report and "max_data_loader_n_workers = '4'" in report
+
+
+def test_the_cli_checks_a_config_once(tmp_path, monkeypatch, capsys):
+    """Reading the file checks it; the settings after --set are checked once more, and the engine takes that
+    checked config as it is."""
+    from trainkit import make_dataset, tiny_cfg
+
+    from patina.core.models.tiny import save_tiny_diffusers
+    from patina.core.train import engine
+
+    model = save_tiny_diffusers(tmp_path / "m", "sd1")
+    preset = cfgmod.save_config(tmp_path / "p.json", tiny_cfg(model, make_dataset(tmp_path), tmp_path / "out"))
+    calls = []
+    real = params.check_values
+
+    def counting(values, **kw):
+        calls.append(1)
+        return real(values, **kw)
+
+    for module in (params, cfgmod, engine):
+        monkeypatch.setattr(module, "check_values", counting)
+    assert cli(["train", str(preset), "--set", "epoch=1", "--dry-run"]) == 0, capsys.readouterr().err
+    assert "Total steps" in capsys.readouterr().out
+    assert len(calls) == 2
+    assert isinstance(real(defaults())[0], params.ValidConfig)
+    assert not isinstance(real({"network_dim": -1})[0], params.ValidConfig)  # a config with an error is not
+
+
+def test_facts_are_stated_once_and_no_module_imports_anothers_private_names():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    sources = {p: p.read_text(encoding="utf-8") for d in ("core", "gui") for p in (root / d).rglob("*.py")}
+    private = re.compile(r"from patina\.[\w.]+ import \(?[^)\n]*\b_[a-z]\w*")
+    offenders = [f"{p.relative_to(root)}: {m.group(0)}" for p, text in sources.items() for m in private.finditer(text)]
+    assert offenders == []
+    # the model families and what tells them apart: core/models/families.py only
+    family_facts = re.compile(r'\("sd1", "sd2", "sdxl"\)|\{768: "sd1"|"sd1": "SD 1\.x"|"sd1": "Stable Diffusion')
+    stated = sorted(str(p.relative_to(root)) for p, text in sources.items() if family_facts.search(text))
+    assert stated == ["core/models/families.py"]
+    # one resolution parser (patina.core.dataset.buckets.parse_resolution), one Sample, one LoadResult
+    for name in ("def parse_resolution", "class Sample", "class LoadResult", "def network_args",
+                 "def _parse_resolution"):
+        where = [str(p.relative_to(root)) for p, text in sources.items() if re.search(rf"^\s*{name}\b", text, re.M)]
+        assert len(where) <= 1, (name, where)

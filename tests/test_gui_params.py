@@ -191,6 +191,33 @@ def test_missing_input_path_is_a_warning(form, tmp_path):
     assert f.frame.state == ""
 
 
+def test_every_input_path_of_the_schema_is_checked_in_place(form, tmp_path):
+    from patina.core.config.schema import INPUT_PATHS, check_values
+
+    for key in INPUT_PATHS:
+        form.editor(key).setText(str(tmp_path / "nope" / key))
+        assert form.field(key).frame.state == "warning", key
+    # the form shows what the schema's one validator finds
+    form.editor("network_dim").setValue(1)
+    form.editor("min_timestep").setValue(999)
+    form.editor("max_timestep").setValue(10)
+    _, expected = check_values(form.values(), inputs=True)
+    assert [str(p) for p in form.problems()] == [str(p) for p in expected]
+    assert {p.key for p in form.problems()} >= set(INPUT_PATHS) | {"min_timestep"}
+
+
+def test_choice_labels_and_placeholders_come_from_the_schema(form):
+    for p in PARAMS:
+        ed = form.editor(p.key)
+        if p.type == "choice":
+            assert [ed.itemText(i) for i in range(ed.count())] == [p.choice_label(c) for c in p.choices], p.key
+        if p.placeholder:
+            line = ed if isinstance(ed, (QLineEdit, QPlainTextEdit)) else ed.line
+            assert line.placeholderText() == p.placeholder, p.key
+    sampler = form.editor("sample_sampler")
+    assert sampler.itemText(list(BY_KEY["sample_sampler"].choices).index("euler_a")) == "Euler a  (euler_a)"
+
+
 def _drop(widget, path):
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(path))])

@@ -535,8 +535,18 @@ def test_spec_from_kohya_values():
     assert (spec.network_dim, spec.network_alpha, spec.conv_dim, spec.conv_alpha) == (16, 8.0, 4, 1.0)
     assert spec.train_unet and not spec.train_text_encoder and spec.is_locon
     assert spec.block_dims is None and spec.block_lr_weights("sd1")[12] == 0.5
-    assert spec.network_args() == {"conv_dim": "4", "conv_alpha": "1", "down_lr_weight": "sine", "mid_lr_weight": "0.5"}
+    assert (spec.down_lr_weight, spec.mid_lr_weight, spec.up_lr_weight) == ("sine", "0.5", None)
     standard = NetworkSpec.from_values({"LoRA_type": "Standard", "network_dim": 8, "conv_dim": 4, "unet_lr": 0,
                                         "text_encoder_lr": 1e-5})
     assert standard.conv_dim is None and not standard.is_locon
     assert standard.train_text_encoder and not standard.train_unet
+    # the engine's spec: a complete Patina config, where a Standard LoRA's conv block settings do not count and
+    # blank block text is "not set"
+    from patina.core.config.schema import defaults
+
+    cfg = defaults()
+    cfg.update(conv_block_dims=",".join(["2"] * 25), block_dims="  ", text_encoder_lr=0.0)
+    plain = NetworkSpec.from_values(cfg)
+    assert not plain.is_locon and plain.conv_block_dims is None and plain.block_dims is None
+    assert plain.train_unet and not plain.train_text_encoder
+    assert NetworkSpec.from_values(dict(cfg, LoRA_type="Kohya LoCon")).conv_block_dims == cfg["conv_block_dims"]

@@ -40,7 +40,9 @@ def test_builtin_optimizers_and_args():
                                           ("DAdaptation", "dadaptation")])
 def test_optional_optimizers_name_the_package_to_install(name, package):
     if importlib.util.find_spec(package) is not None:
-        assert build_optimizer(name, _groups(), 1.0) is not None
+        opt = build_optimizer(name, _groups(), 1.0)
+        assert isinstance(opt, torch.optim.Optimizer) and name.lower()[:4] in type(opt).__name__.lower()
+        assert [len(g["params"]) for g in opt.param_groups] == [1, 1]
     else:
         with pytest.raises(PatinaError, match=f"pip install {package.replace('_', '-')}"):
             build_optimizer(name, _groups(), 1.0)
@@ -83,7 +85,9 @@ def test_warmup_steps_override_and_adafactor_scheduler():
     with pytest.raises(PatinaError, match="only works with the Adafactor optimizer"):
         build_scheduler(cfg, build_optimizer("AdamW", _groups(), 1e-3), 10)
     ada = build_optimizer("Adafactor", _groups(), 1e-3)
-    assert build_scheduler(cfg, ada, 10) is not None
+    sched = build_scheduler(cfg, ada, 10)
+    assert type(sched).__name__ == "AdafactorSchedule"  # it reads the optimizer's own relative step size
+    assert sched.get_lr() == [cfg["learning_rate"]] * 2  # before the first step: the config's learning rate
 
 
 def test_prompt_syntax():

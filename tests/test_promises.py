@@ -130,7 +130,9 @@ def test_ctrl_c_in_the_cli_saves_under_a_step_name_and_keeps_the_finished_file(s
     finished = out / "tiny.safetensors"
     finished.write_bytes(b"a finished LoRA from an earlier run")
     preset = save_config(tmp_path / "p.json", tiny_cfg(sd1_dir, data, out, epoch=200))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # keep the caller's PYTHONPATH: it decides which copy of patina the child process runs
+    pythonpath = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))
+    env = dict(os.environ, PYTHONPATH=pythonpath, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "patina.core", "train", str(preset), "--overwrite", "--quiet"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []

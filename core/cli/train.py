@@ -113,13 +113,15 @@ def _train(args) -> int:
     values = apply_overrides(result.values, args.sets)
     from patina.core.config.schema import check_values, errors
 
-    _, problems = check_values(values)
+    if args.resume:
+        values["resume"] = ""  # the folder comes from --resume
+    # checked once here; the engine takes the checked config (a ValidConfig) without checking it again
+    checked, problems = check_values(values)
     bad = file_errors + [p for p in errors(problems) if all(p.key != f.key for f in file_errors)]
     if bad:
         raise PatinaError(f"{args.config} has {len(bad)} invalid setting(s); nothing was trained. Fix them in the "
                           "file or with --set key=value:", problems=[str(p) for p in bad])
-    if args.resume:
-        values["resume"] = ""  # the folder comes from --resume
+    values = checked
     if args.dry_run:
         return _dry_run(args, values)
 

@@ -28,7 +28,12 @@ META_KEYS = ("schema_version", "app", "preset_name", "preset_description")
 
 # MIGRATIONS[n] turns a version-n dict into a version-(n+1) dict. Add one function per schema change
 # that renames, removes or re-interprets a key; adding a key with a default needs none.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+def _v1_to_v2(data: dict) -> dict:
+    """Version 2 dropped two data-loader settings that nothing read (images are loaded in the training loop)."""
+    return {k: v for k, v in data.items() if k not in ("max_data_loader_n_workers", "persistent_data_loader_workers")}
+
+
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
 
 
 @dataclass

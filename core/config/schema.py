@@ -1,9 +1,11 @@
 """The one parameter schema.
 
-Every training parameter is declared here exactly once: key, type, default, allowed range or choices,
-label, one-line help, the page and section it belongs to, and when it is relevant. The GUI builds its
-pages from :data:`PARAMS`, JSON save/load and kohya_ss import/export use it, the CLI's
-``--set key=value`` parses through it, and validation lives here.
+Every training parameter is declared here exactly once: key, type, default, allowed range or choices (and
+the labels they are shown by), label, one-line help, placeholder, the page and section it belongs to, when it
+is relevant, whether it must be set to train, whether it is an input path that must exist, and the ``ss_*``
+key that records it in a LoRA file. The GUI builds its pages from :data:`PARAMS`, JSON save/load and kohya_ss
+import/export use it, the CLI's ``--set key=value`` parses through it, and the one validator,
+:func:`check_values`, lives here.
 
 Key names are kohya_ss's JSON keys wherever kohya_ss has the parameter (see
 ../shared/reference/kohya-layout.md §2). Keys Patina adds are marked ``kohya=False``.
@@ -15,11 +17,15 @@ key of the schema.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-SCHEMA_VERSION = 1
+from patina.core.models.families import FAMILIES as MODEL_FAMILIES
+from patina.core.models.families import FAMILY_LABELS as MODEL_FAMILY_LABELS
+
+SCHEMA_VERSION = 2  # 2: max_data_loader_n_workers and persistent_data_loader_workers removed
 
 # Pages, in the order kohya shows them. Sections group fields inside a page.
 PAGES = (
@@ -31,8 +37,9 @@ PAGES = (
     ("samples", "Samples"),
 )
 
-FAMILIES = ("auto", "sd1", "sd2", "sdxl")
-FAMILY_LABELS = {"auto": "Detect from file", "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+# the model_family setting: the families (patina.core.models.families) and "auto"
+FAMILIES = ("auto",) + MODEL_FAMILIES
+FAMILY_LABELS = {"auto": "Detect from file", **MODEL_FAMILY_LABELS}
 
 LORA_TYPES = ("Standard", "Kohya LoCon")
 OPTIMIZERS = (
@@ -47,6 +54,7 @@ SAMPLERS = (
     "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a", "k_dpmsolver++",
 )
 SAMPLER_LABELS = {"k_dpmsolver++": "DPM++ 2M Karras", "dpmsolver++": "DPM++ 2M", "euler_a": "Euler a"}
+_SAMPLER_CHOICE_LABELS = tuple((s, f"{label}  ({s})") for s, label in SAMPLER_LABELS.items())
 
 
 @dataclass(frozen=True)
@@ -77,12 +85,30 @@ class Param:
     enabled_if: Callable[[Mapping[str, Any]], bool] | None = None
     check: Callable[[Any], str | None] | None = None  # extra per-value check -> message or None
     also_on: tuple[str, ...] = ()  # other pages that show the same field (one value, two places)
+    required: str = ""             # set: must be filled in to train; says what to choose ("the output folder")
+    must_exist: bool = False       # a path the run reads: when set, it must exist
+    placeholder: str = ""          # grey hint shown in an empty text field
+    choice_labels: tuple[tuple[Any, str], ...] = ()  # (choice, label) for choices shown by another name
+    ss_key: str = ""               # the ss_* key that records this setting in a LoRA file's metadata
 
     def is_visible(self, cfg: Mapping[str, Any]) -> bool:
         return self.visible_if(cfg) if self.visible_if else True
 
     def is_enabled(self, cfg: Mapping[str, Any]) -> bool:
         return self.enabled_if(cfg) if self.enabled_if else True
+
+    @property
+    def place(self) -> str:
+        """Where the field is in the window: "Model ▸ Pretrained model"."""
+        return f"{dict(PAGES)[self.page]} ▸ {self.label}"
+
+    def choice_label(self, value: Any) -> str:
+        """How a choice is shown: its label (with the value in brackets when the value is a name people
+        meet elsewhere, such as a sampler's), or the value itself."""
+        for choice, label in self.choice_labels:
+            if choice == value:
+                return label
+        return str(value)
 
     def allowed(self) -> str:
         """Plain words for what this parameter accepts (used in messages)."""
@@ -179,12 +205,15 @@ def _check_lr_weights(value: str) -> str | None:
     return _check_float_list(value)
 
 
-def parse_resolution(value: str) -> tuple[int, int]:
-    """``"512,512"``, ``"768x512"`` or ``"512"`` → (width, height), each 64–4096. Raises ValueError with a message."""
-    from patina.core.dataset.buckets import parse_resolution as parse_size  # the one parser; range checked here
+def check_resolution(value: str) -> tuple[int, int]:
+    """A ``resolution`` setting (``"512,512"``, ``"768x512"`` or ``"512"``) → (width, height), each 64–4096.
+
+    Parsed by the one parser (:func:`patina.core.dataset.buckets.parse_resolution`, imported here only when
+    needed: it lives beside the PIL code); this adds the range. Raises ValueError with a message."""
+    from patina.core.dataset.buckets import parse_resolution
 
     try:
-        w, h = parse_size(value)
+        w, h = parse_resolution(value)
     except ValueError:
         raise ValueError(f'"{value}" is not a resolution; write it as "W,H", e.g. "512,512"') from None
     if not (64 <= w <= 4096 and 64 <= h <= 4096):
@@ -203,32 +232,36 @@ PARAMS: tuple[Param, ...] = (
     P("pretrained_model_name_or_path", "path", "", "Pretrained model",
       "Base model to train on: a .safetensors checkpoint (A1111/ComfyUI style) or a diffusers folder.",
       "model", "Base model", path_kind="file_or_dir",
-      file_filter="Stable Diffusion models (*.safetensors *.ckpt *.pt)", preset=False),
+      file_filter="Stable Diffusion models (*.safetensors *.ckpt *.pt)", preset=False,
+      required="the base model (a .safetensors checkpoint or a diffusers folder)", must_exist=True),
     P("model_family", "choice", "auto", "Model family",
       "SD 1.x, SD 2.x or SDXL. 'Detect from file' reads it from the checkpoint; override only if detection is wrong.",
-      "model", "Base model", choices=FAMILIES, kohya=False),
+      "model", "Base model", choices=FAMILIES, kohya=False, choice_labels=tuple(FAMILY_LABELS.items())),
     P("v_parameterization", "bool", False, "V-parameterization",
       "Tick for v-prediction models (SD 2.x 768-v and v-pred finetunes). Wrong setting gives noise or grey samples.",
       "model", "Base model"),
     P("train_data_dir", "path", "", "Image folder",
       "The folder that CONTAINS your concept folders named like '10_sks dog' (not the concept folder itself).",
-      "model", "Dataset", path_kind="dir", preset=False, also_on=("folders",)),
+      "model", "Dataset", path_kind="dir", preset=False, also_on=("folders",),
+      required="the image folder (the one that contains your 10_name folders)", must_exist=True),
     P("output_name", "str", "my-lora", "Trained model output name",
       "File name of the LoRA, without extension: <name>.safetensors, <name>-000001.safetensors per epoch.",
       "model", "Output", preset=False,
       check=lambda v: "must not be empty or contain / \\ : * ? \" < > |" if (not v.strip() or re.search(r'[/\\:*?"<>|]', v)) else None),
     P("training_comment", "str", "", "Training comment",
-      "Free text stored in the LoRA file's metadata (e.g. trigger words).", "model", "Output"),
+      "Free text stored in the LoRA file's metadata (e.g. trigger words).", "model", "Output",
+      ss_key="ss_training_comment"),
     P("save_precision", "choice", "fp16", "Save precision",
       "Precision of the saved LoRA weights. fp16 is what every UI expects; float doubles the file size.",
       "model", "Output", choices=("fp16", "bf16", "float")),
 
     # ---- Folders ------------------------------------------------------------------------------
     P("output_dir", "path", "", "Output folder",
-      "Where the LoRA files, samples and training state are written.", "folders", "", path_kind="dir", preset=False),
+      "Where the LoRA files, samples and training state are written.", "folders", "", path_kind="dir", preset=False,
+      required="the output folder"),
     P("reg_data_dir", "path", "", "Regularisation folder",
       "Optional. Folder that contains regularisation concept folders named like '1_dog'.",
-      "folders", "", path_kind="dir", preset=False),
+      "folders", "", path_kind="dir", preset=False, must_exist=True),
     P("logging_dir", "path", "", "Logging folder",
       "Optional. TensorBoard logs and a metrics.jsonl the app can re-read are written here.",
       "folders", "", path_kind="dir", preset=False),
@@ -257,25 +290,25 @@ PARAMS: tuple[Param, ...] = (
     P("conv_alpha", "float", 1.0, "Convolution alpha", "Alpha of the LoCon convolution layers.",
       "basic", "Network", min=0.00001, max=512, step=1, visible_if=_is_locon),
     P("network_dropout", "float", 0.0, "Network dropout", "Dropout inside the LoRA layers (0.1–0.5 to fight overfitting).",
-      "basic", "Network", min=0, max=1, step=0.01),
+      "basic", "Network", min=0, max=1, step=0.01, ss_key="ss_network_dropout"),
     P("scale_weight_norms", "float", 0.0, "Scale weight norms",
       "Caps the norm of each LoRA module after every step (1 is a common value; 0 = off). Helps the LoRA combine with others.",
-      "basic", "Network", min=0, max=10, step=0.01),
+      "basic", "Network", min=0, max=10, step=0.01, ss_key="ss_scale_weight_norms"),
     P("network_weights", "path", "", "Network weights",
       "Optional. Continue training from an existing LoRA file.", "basic", "Network", path_kind="file",
-      file_filter="LoRA files (*.safetensors)", preset=False),
+      file_filter="LoRA files (*.safetensors)", preset=False, must_exist=True),
     P("dim_from_weights", "bool", False, "Rank from weights",
       "Take the rank from the network weights file instead of the rank field.", "basic", "Network"),
 
     # ---- Basic: learning rate -------------------------------------------------------------------
     P("learning_rate", "float", 0.0001, "Learning rate",
       "Base learning rate for the optimizer (adaptive optimizers such as Prodigy expect 1.0).",
-      "basic", "Learning rate", min=0, max=10, step=0.00001),
+      "basic", "Learning rate", min=0, max=10, step=0.00001, ss_key="ss_learning_rate"),
     P("unet_lr", "float", 0.0001, "UNet learning rate", "Learning rate of the UNet LoRA. 0 = do not train the UNet.",
-      "basic", "Learning rate", min=0, max=10, step=0.00001),
+      "basic", "Learning rate", min=0, max=10, step=0.00001, ss_key="ss_unet_lr"),
     P("text_encoder_lr", "float", 0.0001, "Text encoder learning rate",
       "Learning rate of the text encoder LoRA. 0 = UNet only (smaller file, often enough for styles).",
-      "basic", "Learning rate", min=0, max=10, step=0.00001),
+      "basic", "Learning rate", min=0, max=10, step=0.00001, ss_key="ss_text_encoder_lr"),
     P("loraplus_lr_ratio", "float", 0.0, "LoRA+ ratio",
       "LoRA+: the 'up' weights learn this many times faster (16 is a common start; 0 = off).",
       "basic", "Learning rate", min=0, max=128, step=1),
@@ -284,57 +317,63 @@ PARAMS: tuple[Param, ...] = (
     P("loraplus_text_encoder_lr_ratio", "float", 0.0, "LoRA+ text encoder ratio",
       "LoRA+ ratio for the text encoder only (0 = use LoRA+ ratio).", "basic", "Learning rate", min=0, max=128, step=1),
     P("lr_scheduler", "choice", "cosine", "LR scheduler", "How the learning rate changes over the run.",
-      "basic", "Learning rate", choices=LR_SCHEDULERS),
+      "basic", "Learning rate", choices=LR_SCHEDULERS, ss_key="ss_lr_scheduler"),
     P("lr_warmup", "int", 10, "LR warmup (% of steps)", "Ramp the learning rate up over this share of the run.",
       "basic", "Learning rate", min=0, max=100, step=1, enabled_if=_has_warmup),
     P("lr_warmup_steps", "int", 0, "LR warmup steps", "Warmup in steps; wins over the percentage when above 0.",
-      "basic", "Learning rate", min=0, max=1_000_000, step=1, enabled_if=_has_warmup),
+      "basic", "Learning rate", min=0, max=1_000_000, step=1, enabled_if=_has_warmup, ss_key="ss_lr_warmup_steps"),
     P("lr_scheduler_num_cycles", "int", 1, "LR cycles", "Number of restarts for cosine_with_restarts.",
       "basic", "Learning rate", min=1, max=1000, step=1,
       visible_if=lambda c: c.get("lr_scheduler") == "cosine_with_restarts"),
     P("lr_scheduler_power", "float", 1.0, "LR power", "Power of the polynomial decay.",
       "basic", "Learning rate", min=0, max=100, step=0.1, visible_if=lambda c: c.get("lr_scheduler") == "polynomial"),
     P("lr_scheduler_args", "str", "", "LR scheduler extra arguments", "key=value pairs passed to the scheduler.",
-      "basic", "Learning rate", check=_check_kv_args),
+      "basic", "Learning rate", check=_check_kv_args, placeholder="key=value key=value"),
 
     # ---- Basic: optimizer ---------------------------------------------------------------------
     P("optimizer", "choice", "AdamW8bit", "Optimizer",
       "AdamW8bit saves memory (needs bitsandbytes and an NVIDIA GPU); AdamW works everywhere; Prodigy/DAdaptation pick the LR themselves.",
       "basic", "Optimizer", choices=OPTIMIZERS),
     P("optimizer_args", "str", "", "Optimizer extra arguments",
-      'key=value pairs, e.g. "weight_decay=0.01 betas=0.9,0.99".', "basic", "Optimizer", check=_check_kv_args),
+      'key=value pairs, e.g. "weight_decay=0.01 betas=0.9,0.99".', "basic", "Optimizer", check=_check_kv_args,
+      placeholder="key=value key=value"),
     P("max_grad_norm", "float", 1.0, "Max grad norm", "Clip gradients to this norm (0 = off).",
-      "basic", "Optimizer", min=0, max=1000, step=0.1),
+      "basic", "Optimizer", min=0, max=1000, step=0.1, ss_key="ss_max_grad_norm"),
 
     # ---- Basic: training length ---------------------------------------------------------------
     P("train_batch_size", "int", 1, "Train batch size", "Images per step. Higher is faster per image but needs more VRAM.",
-      "basic", "Training length", min=1, max=64, step=1),
+      "basic", "Training length", min=1, max=64, step=1, ss_key="ss_batch_size_per_device"),
     P("epoch", "int", 1, "Epochs", "Passes over the dataset (each image × its repeats).",
       "basic", "Training length", min=1, max=10000, step=1),
     P("max_train_epochs", "int", 0, "Max train epochs", "Overrides Epochs and Max train steps when above 0.",
       "basic", "Training length", min=0, max=10000, step=1),
     P("max_train_steps", "int", 0, "Max train steps",
       "Stop after this many steps (0 = computed from epochs). Ignored when Max train epochs is set.",
-      "basic", "Training length", min=0, max=10_000_000, step=1),
+      "basic", "Training length", min=0, max=10_000_000, step=1, ss_key="ss_max_train_steps"),
     P("save_every_n_epochs", "int", 1, "Save every N epochs", "Write <name>-<epoch>.safetensors every N epochs (0 = only at the end).",
       "basic", "Training length", min=0, max=10000, step=1),
     P("seed", "int", 0, "Seed", "Same seed + same settings = same result. 0 picks a random seed (saved in the file).",
-      "basic", "Training length", min=0, max=2**32 - 1, step=1),
+      "basic", "Training length", min=0, max=2**32 - 1, step=1, ss_key="ss_seed"),
 
     # ---- Basic: data ----------------------------------------------------------------------------
     P("caption_extension", "choice", ".txt", "Caption file extension",
       "Captions are read from <image name><extension> next to each image.",
       "basic", "Data", choices=(".txt", ".caption", ".cap")),
     P("max_resolution", "resolution", "512,512", "Max resolution",
-      "Training resolution W,H: 512,512 for SD 1.5, 768,768 for SD 2.x-768, 1024,1024 for SDXL.", "basic", "Data"),
+      "Training resolution W,H: 512,512 for SD 1.5, 768,768 for SD 2.x-768, 1024,1024 for SDXL.", "basic", "Data",
+      placeholder="W,H  e.g. 512,512"),
     P("enable_bucket", "bool", True, "Enable buckets",
-      "Train each image at the aspect ratio closest to its own instead of cropping everything square.", "basic", "Data"),
+      "Train each image at the aspect ratio closest to its own instead of cropping everything square.", "basic", "Data",
+      ss_key="ss_enable_bucket"),
     P("min_bucket_reso", "int", 256, "Minimum bucket resolution", "Smallest side a bucket may have.",
-      "basic", "Data", min=64, max=4096, step=64, enabled_if=lambda c: bool(c.get("enable_bucket"))),
+      "basic", "Data", min=64, max=4096, step=64, enabled_if=lambda c: bool(c.get("enable_bucket")),
+      ss_key="ss_min_bucket_reso"),
     P("max_bucket_reso", "int", 2048, "Maximum bucket resolution", "Largest side a bucket may have.",
-      "basic", "Data", min=64, max=4096, step=64, enabled_if=lambda c: bool(c.get("enable_bucket"))),
+      "basic", "Data", min=64, max=4096, step=64, enabled_if=lambda c: bool(c.get("enable_bucket")),
+      ss_key="ss_max_bucket_reso"),
     P("cache_latents", "bool", True, "Cache latents",
-      "Encode every image once with the VAE before training; faster and frees the VAE from VRAM.", "basic", "Data"),
+      "Encode every image once with the VAE before training; faster and frees the VAE from VRAM.", "basic", "Data",
+      ss_key="ss_cache_latents"),
     P("cache_latents_to_disk", "bool", False, "Cache latents to disk",
       "Keep the cache on disk next to the images so the next run starts faster (the images are never changed).",
       "basic", "Data", enabled_if=lambda c: bool(c.get("cache_latents"))),
@@ -342,7 +381,7 @@ PARAMS: tuple[Param, ...] = (
     # ---- Basic: precision / SDXL --------------------------------------------------------------
     P("mixed_precision", "choice", "fp16", "Mixed precision",
       "fp16 for GeForce 10/20 series, bf16 for RTX 30/40/50; 'no' trains in full precision (slow, for CPU).",
-      "basic", "Precision", choices=("no", "fp16", "bf16")),
+      "basic", "Precision", choices=("no", "fp16", "bf16"), ss_key="ss_mixed_precision"),
     P("sdxl_no_half_vae", "bool", False, "No half VAE (SDXL)",
       "Run the SDXL VAE in full precision; avoids NaN latents and black samples with the original SDXL VAE.",
       "basic", "Precision", visible_if=_is_sdxl),
@@ -350,89 +389,92 @@ PARAMS: tuple[Param, ...] = (
     # ---- Advanced: memory & speed ---------------------------------------------------------------
     P("gradient_checkpointing", "bool", False, "Gradient checkpointing",
       "Saves a lot of VRAM for about 20–30% more time per step. Turn on for SDXL on 12 GB or less.",
-      "advanced", "Memory and speed"),
+      "advanced", "Memory and speed", ss_key="ss_gradient_checkpointing"),
     P("gradient_accumulation_steps", "int", 1, "Gradient accumulation steps",
       "Add up gradients over N steps before updating: a bigger effective batch without more VRAM.",
-      "advanced", "Memory and speed", min=1, max=120, step=1),
+      "advanced", "Memory and speed", min=1, max=120, step=1, ss_key="ss_gradient_accumulation_steps"),
     P("xformers", "choice", "sdpa", "Cross attention",
       "sdpa is PyTorch's built-in memory-efficient attention; xformers needs the xformers package.",
       "advanced", "Memory and speed", choices=("sdpa", "xformers", "none")),
     P("vae", "path", "", "VAE", "Optional separate VAE file used for caching latents and samples.",
-      "advanced", "Memory and speed", path_kind="file", file_filter="VAE files (*.safetensors *.pt *.ckpt)", preset=False),
+      "advanced", "Memory and speed", path_kind="file", file_filter="VAE files (*.safetensors *.pt *.ckpt)", preset=False,
+      must_exist=True, ss_key="ss_vae_name"),
     P("vae_batch_size", "int", 0, "VAE batch size", "Images encoded at once while caching latents (0 = one batch).",
       "advanced", "Memory and speed", min=0, max=32, step=1),
-    P("max_data_loader_n_workers", "int", 0, "Data loader workers", "Background processes that load images (0 = main process).",
-      "advanced", "Memory and speed", min=0, max=64, step=1),
-    P("persistent_data_loader_workers", "bool", False, "Persistent data loader workers",
-      "Keep the loader processes alive between epochs.", "advanced", "Memory and speed"),
 
     # ---- Advanced: captions ---------------------------------------------------------------------
     P("shuffle_caption", "bool", False, "Shuffle caption", "Shuffle comma-separated tags every step.",
-      "advanced", "Captions"),
+      "advanced", "Captions", ss_key="ss_shuffle_caption"),
     P("keep_tokens", "int", 0, "Keep n tokens", "The first N comma-separated tags stay in place when shuffling or dropping.",
-      "advanced", "Captions", min=0, max=32, step=1),
+      "advanced", "Captions", min=0, max=32, step=1, ss_key="ss_keep_tokens"),
     P("caption_dropout_rate", "float", 0.0, "Caption dropout rate", "Share of steps trained with an empty caption.",
-      "advanced", "Captions", min=0, max=1, step=0.01),
+      "advanced", "Captions", min=0, max=1, step=0.01, ss_key="ss_caption_dropout_rate"),
     P("caption_dropout_every_n_epochs", "int", 0, "Drop captions every N epochs",
-      "Train every Nth epoch without captions (0 = never).", "advanced", "Captions", min=0, max=10000, step=1),
+      "Train every Nth epoch without captions (0 = never).", "advanced", "Captions", min=0, max=10000, step=1,
+      ss_key="ss_caption_dropout_every_n_epochs"),
     P("caption_tag_dropout_rate", "float", 0.0, "Tag dropout rate",
-      "Chance of dropping each (non-kept) tag at each step.", "advanced", "Captions", min=0, max=1, step=0.01),
+      "Chance of dropping each (non-kept) tag at each step.", "advanced", "Captions", min=0, max=1, step=0.01,
+      ss_key="ss_caption_tag_dropout_rate"),
     P("clip_skip", "int", 1, "Clip skip", "Use the output of the Nth-last text encoder layer (2 for anime models).",
-      "advanced", "Captions", min=1, max=12, step=1),
+      "advanced", "Captions", min=1, max=12, step=1, ss_key="ss_clip_skip"),
     P("max_token_length", "choice", 75, "Max token length", "Longer captions are cut at this many tokens.",
-      "advanced", "Captions", choices=(75, 150, 225)),
+      "advanced", "Captions", choices=(75, 150, 225), ss_key="ss_max_token_length"),
 
     # ---- Advanced: augmentation & buckets -------------------------------------------------------
     P("flip_aug", "bool", False, "Flip augmentation", "Also train on mirrored images (not for asymmetric subjects or text).",
-      "advanced", "Augmentation and buckets"),
+      "advanced", "Augmentation and buckets", ss_key="ss_flip_aug"),
     P("color_aug", "bool", False, "Color augmentation",
       "Randomly shift hue and saturation. Latents cannot be cached with it (caching is skipped).",
-      "advanced", "Augmentation and buckets"),
+      "advanced", "Augmentation and buckets", ss_key="ss_color_aug"),
     P("random_crop", "bool", False, "Random crop", "Crop at a random position instead of the centre (caching is skipped).",
-      "advanced", "Augmentation and buckets"),
+      "advanced", "Augmentation and buckets", ss_key="ss_random_crop"),
     P("bucket_no_upscale", "bool", True, "Don't upscale bucket resolution",
-      "Small images get a smaller bucket instead of being enlarged.", "advanced", "Augmentation and buckets"),
+      "Small images get a smaller bucket instead of being enlarged.", "advanced", "Augmentation and buckets",
+      ss_key="ss_bucket_no_upscale"),
     P("bucket_reso_steps", "int", 64, "Bucket resolution steps", "Bucket sides are multiples of this.",
       "advanced", "Augmentation and buckets", min=8, max=128, step=8),
 
     # ---- Advanced: loss -------------------------------------------------------------------------
     P("prior_loss_weight", "float", 1.0, "Prior loss weight", "Weight of the regularisation images' loss.",
-      "advanced", "Loss", min=0, max=10, step=0.1),
+      "advanced", "Loss", min=0, max=10, step=0.1, ss_key="ss_prior_loss_weight"),
     P("min_snr_gamma", "float", 0.0, "Min SNR gamma", "Balances the loss over noise levels; 5 is a good value (0 = off).",
-      "advanced", "Loss", min=0, max=20, step=1),
+      "advanced", "Loss", min=0, max=20, step=1, ss_key="ss_min_snr_gamma"),
     P("debiased_estimation_loss", "bool", False, "Debiased estimation loss",
-      "Weight the loss by 1/sqrt(SNR). Do not combine with Min SNR gamma.", "advanced", "Loss"),
+      "Weight the loss by 1/sqrt(SNR). Do not combine with Min SNR gamma.", "advanced", "Loss",
+      ss_key="ss_debiased_estimation"),
     P("scale_v_pred_loss_like_noise_pred", "bool", False, "Scale v-prediction loss",
       "Scale the v-prediction loss like noise prediction (v-prediction models only).", "advanced", "Loss",
       visible_if=lambda c: bool(c.get("v_parameterization"))),
     P("v_pred_like_loss", "float", 0.0, "V-pred-like loss", "Adds a v-prediction-like loss term (0.5 suggested; 0 = off).",
       "advanced", "Loss", min=0, max=1, step=0.01),
     P("loss_type", "choice", "l2", "Loss type", "l2 is the standard; huber/smooth_l1 are more robust to outliers.",
-      "advanced", "Loss", choices=("l2", "l1", "huber", "smooth_l1")),
+      "advanced", "Loss", choices=("l2", "l1", "huber", "smooth_l1"), ss_key="ss_loss_type"),
     P("huber_schedule", "choice", "snr", "Huber schedule", "How the Huber parameter changes with the timestep.",
-      "advanced", "Loss", choices=("snr", "exponential", "constant"), visible_if=_huber),
+      "advanced", "Loss", choices=("snr", "exponential", "constant"), visible_if=_huber, ss_key="ss_huber_schedule"),
     P("huber_c", "float", 0.1, "Huber C", "Huber loss parameter.", "advanced", "Loss", min=0, max=1, step=0.01,
-      visible_if=_huber),
+      visible_if=_huber, ss_key="ss_huber_c"),
     P("huber_scale", "float", 1.0, "Huber scale", "Huber loss scale.", "advanced", "Loss", min=0, max=10, step=0.1,
-      visible_if=_huber),
+      visible_if=_huber, ss_key="ss_huber_scale"),
 
     # ---- Advanced: noise & timesteps ------------------------------------------------------------
     P("noise_offset_type", "choice", "Original", "Noise offset type", "Original offset or multi-resolution noise.",
       "advanced", "Noise", choices=("Original", "Multires")),
     P("noise_offset", "float", 0.0, "Noise offset", "Helps very dark/bright images (0.05–0.1; 0 = off).",
-      "advanced", "Noise", min=0, max=1, step=0.01, visible_if=_noise_original),
+      "advanced", "Noise", min=0, max=1, step=0.01, visible_if=_noise_original, ss_key="ss_noise_offset"),
     P("noise_offset_random_strength", "bool", False, "Random noise offset strength",
-      "Use a random offset between 0 and the noise offset.", "advanced", "Noise", visible_if=_noise_original),
+      "Use a random offset between 0 and the noise offset.", "advanced", "Noise", visible_if=_noise_original,
+      ss_key="ss_noise_offset_random_strength"),
     P("adaptive_noise_scale", "float", 0.0, "Adaptive noise scale", "Adds the latent mean × this to the noise offset.",
-      "advanced", "Noise", min=-1, max=1, step=0.001, visible_if=_noise_original),
+      "advanced", "Noise", min=-1, max=1, step=0.001, visible_if=_noise_original, ss_key="ss_adaptive_noise_scale"),
     P("multires_noise_iterations", "int", 0, "Multires noise iterations", "6–10 is typical (0 = off).",
-      "advanced", "Noise", min=0, max=64, step=1, visible_if=_noise_multires),
+      "advanced", "Noise", min=0, max=64, step=1, visible_if=_noise_multires, ss_key="ss_multires_noise_iterations"),
     P("multires_noise_discount", "float", 0.3, "Multires noise discount", "0.1–0.3 for small datasets.",
-      "advanced", "Noise", min=0, max=1, step=0.01, visible_if=_noise_multires),
+      "advanced", "Noise", min=0, max=1, step=0.01, visible_if=_noise_multires, ss_key="ss_multires_noise_discount"),
     P("ip_noise_gamma", "float", 0.0, "Input perturbation noise gamma", "About 0.1 (0 = off).",
-      "advanced", "Noise", min=0, max=1, step=0.01),
+      "advanced", "Noise", min=0, max=1, step=0.01, ss_key="ss_ip_noise_gamma"),
     P("ip_noise_gamma_random_strength", "bool", False, "Random IP noise strength",
-      "Use a random strength between 0 and the gamma.", "advanced", "Noise"),
+      "Use a random strength between 0 and the gamma.", "advanced", "Noise",
+      ss_key="ss_ip_noise_gamma_random_strength"),
     P("min_timestep", "int", 0, "Min timestep", "Lowest noise timestep trained.", "advanced", "Noise",
       min=0, max=1000, step=1),
     P("max_timestep", "int", 1000, "Max timestep", "Highest noise timestep trained (exclusive).", "advanced", "Noise",
@@ -454,7 +496,7 @@ PARAMS: tuple[Param, ...] = (
     P("save_state_on_train_end", "bool", False, "Save training state at the end",
       "Write <name>-state when training ends so it can be continued later.", "advanced", "Saving"),
     P("resume", "path", "", "Resume from state", "A <name>-state folder to continue from.", "advanced", "Saving",
-      path_kind="dir", preset=False),
+      path_kind="dir", preset=False, must_exist=True),
 
     # ---- Advanced: block weights ----------------------------------------------------------------
     P("down_lr_weight", "str", "", "Down LR weights",
@@ -485,14 +527,36 @@ PARAMS: tuple[Param, ...] = (
     P("sample_at_first", "bool", False, "Sample before training", "Generate samples before the first step, as a baseline.",
       "samples", "", kohya=False),
     P("sample_sampler", "choice", "euler_a", "Sampler", "Sampler used for the samples (a prompt can override it with --ss).",
-      "samples", "", choices=SAMPLERS),
+      "samples", "", choices=SAMPLERS, choice_labels=_SAMPLER_CHOICE_LABELS),
     P("sample_prompts", "text", "", "Sample prompts",
       "One prompt per line. Options: --n negative --w width --h height --d seed --s steps --l CFG scale.",
-      "samples", "", preset=False),
+      "samples", "", preset=False,
+      placeholder="a photo of sks dog on a beach --n blurry, lowres --w 512 --h 512 --d 1 --s 28 --l 7"),
 )
 
 BY_KEY: dict[str, Param] = {p.key: p for p in PARAMS}
 assert len(BY_KEY) == len(PARAMS), "duplicate parameter key"
+
+# Facts read from the table above (declared there, per parameter).
+REQUIRED_TO_START: tuple[str, ...] = tuple(p.key for p in PARAMS if p.required)
+INPUT_PATHS: tuple[str, ...] = tuple(p.key for p in PARAMS if p.must_exist)
+SS_KEYS: dict[str, str] = {p.key: p.ss_key for p in PARAMS if p.ss_key}
+
+
+def missing_required(cfg: Mapping[str, Any]) -> list[Param]:
+    """The parameters that must be set to train and are still empty in *cfg*."""
+    return [BY_KEY[k] for k in REQUIRED_TO_START if not str(cfg.get(k) or "").strip()]
+
+
+def missing_inputs(cfg: Mapping[str, Any]) -> list[Problem]:
+    """A warning for each input path that is set but does not exist (the run's plan makes it an error)."""
+    out = []
+    for key in INPUT_PATHS:
+        text = str(cfg.get(key) or "").strip()
+        if text and not os.path.exists(os.path.expanduser(text)):
+            what = "folder" if BY_KEY[key].path_kind == "dir" else "file or folder"
+            out.append(Problem(key, f"no such {what}; check the path or choose it with Browse…", None, "warning"))
+    return out
 
 
 def defaults() -> dict[str, Any]:
@@ -585,7 +649,7 @@ def coerce(param: Param, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueProblem(f"must be {param.allowed()}")
         try:
-            w, h = parse_resolution(value)
+            w, h = check_resolution(value)
         except ValueError as exc:
             raise ValueProblem(str(exc)) from None
         value = f"{w},{h}"
@@ -631,11 +695,17 @@ def parse_text(param: Param, text: str) -> Any:
     return coerce(param, text if t == "text" else s)
 
 
-def check_values(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
-    """Coerce every known key of *values* over the defaults.
+class ValidConfig(dict):
+    """A complete config in which :func:`check_values` found no error. Code that needs a valid config takes
+    one of these as it is, so that one run validates its settings once."""
 
-    Returns the complete config (invalid fields keep their default) and the list of problems,
-    field problems first, then cross-field problems. Unknown keys are ignored here (callers report
+
+def check_values(values: Mapping[str, Any], *, inputs: bool = False) -> tuple[dict[str, Any], list[Problem]]:
+    """The one validator: coerce every known key of *values* over the defaults.
+
+    Returns the complete config (invalid fields keep their default; a :class:`ValidConfig` when there is no
+    error) and the list of problems, field problems first, then cross-field problems, then (with *inputs*)
+    a warning for each input path that does not exist. Unknown keys are ignored here (callers report
     them)."""
     cfg = defaults()
     problems: list[Problem] = []
@@ -648,7 +718,9 @@ def check_values(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[Proble
         except ValueProblem as exc:
             problems.append(Problem(key, str(exc), raw))
     problems.extend(cross_check(cfg))
-    return cfg, problems
+    if inputs:
+        problems.extend(missing_inputs(values))
+    return (cfg if errors(problems) else ValidConfig(cfg)), problems
 
 
 def cross_check(cfg: Mapping[str, Any]) -> list[Problem]:

@@ -25,7 +25,9 @@ class TrainItem:
 
 
 @dataclass(frozen=True)
-class Sample:
+class BatchItem:
+    """One image of one step's batch (not a generated sample image: that is events.BatchItem)."""
+
     item: int                        # index into DatasetPlan.items
     flip: bool
 
@@ -86,7 +88,7 @@ class DatasetPlan:
                 (self.reg_samples if subset.is_reg else self.train_samples).extend([idx] * subset.repeats)
         self.batch_size = int(cfg["train_batch_size"])
 
-    def epoch_samples(self, epoch: int) -> list[Sample]:
+    def epoch_samples(self, epoch: int) -> list[BatchItem]:
         """Samples of one epoch (0-based), reg samples cycled to match the training samples like kohya."""
         rng = random.Random(seed_for(self.seed, "epoch", epoch))
         idx = list(self.train_samples)
@@ -94,11 +96,11 @@ class DatasetPlan:
             reg = self.reg_samples
             idx += [reg[i % len(reg)] for i in range(len(idx))]
         flip = bool(self.cfg["flip_aug"])
-        return [Sample(i, flip and rng.random() < 0.5) for i in idx]
+        return [BatchItem(i, flip and rng.random() < 0.5) for i in idx]
 
-    def epoch_batches(self, epoch: int) -> list[list[Sample]]:
+    def epoch_batches(self, epoch: int) -> list[list[BatchItem]]:
         rng = random.Random(seed_for(self.seed, "batches", epoch))
-        by_bucket: dict[tuple[int, int], list[Sample]] = {}
+        by_bucket: dict[tuple[int, int], list[BatchItem]] = {}
         for s in self.epoch_samples(epoch):
             by_bucket.setdefault(self.items[s.item].bucket, []).append(s)
         batches = []

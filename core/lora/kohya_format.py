@@ -21,65 +21,23 @@ from typing import Any, Mapping
 
 from patina.core import __version__
 from patina.core.atomic import atomic_temp_path, commit_temp
+from patina.core.config.schema import SS_KEYS
 from patina.core.errors import PatinaError
+from patina.core.models.families import FAMILY_BY_CONTEXT_WIDTH, FAMILY_LABELS, check_family
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 FORBIDDEN_METADATA = ("lora_adapter_metadata",)
 PRECISIONS = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
               "float": "float32", "fp32": "float32", "float32": "float32"}
 
-# kohya config key -> ss_* key, written when the config has the key (values kept as kohya writes them).
-_SS_FROM_VALUES = {
-    "learning_rate": "ss_learning_rate",
-    "unet_lr": "ss_unet_lr",
-    "text_encoder_lr": "ss_text_encoder_lr",
-    "lr_scheduler": "ss_lr_scheduler",
-    "lr_warmup_steps": "ss_lr_warmup_steps",
-    "max_train_steps": "ss_max_train_steps",
-    "train_batch_size": "ss_batch_size_per_device",
-    "gradient_accumulation_steps": "ss_gradient_accumulation_steps",
-    "gradient_checkpointing": "ss_gradient_checkpointing",
-    "max_grad_norm": "ss_max_grad_norm",
-    "mixed_precision": "ss_mixed_precision",
+# config key -> ss_* key, written when the config has the key (values kept as kohya writes them): the schema's
+# (Param.ss_key), then the keys of kohya_ss configs that Patina has no setting for.
+_KOHYA_ONLY_SS_KEYS = {
     "full_fp16": "ss_full_fp16",
     "full_bf16": "ss_full_bf16",
-    "seed": "ss_seed",
-    "clip_skip": "ss_clip_skip",
-    "max_token_length": "ss_max_token_length",
-    "cache_latents": "ss_cache_latents",
-    "network_dropout": "ss_network_dropout",
-    "noise_offset": "ss_noise_offset",
-    "noise_offset_random_strength": "ss_noise_offset_random_strength",
-    "adaptive_noise_scale": "ss_adaptive_noise_scale",
-    "multires_noise_iterations": "ss_multires_noise_iterations",
-    "multires_noise_discount": "ss_multires_noise_discount",
-    "ip_noise_gamma": "ss_ip_noise_gamma",
-    "ip_noise_gamma_random_strength": "ss_ip_noise_gamma_random_strength",
     "zero_terminal_snr": "ss_zero_terminal_snr",
-    "min_snr_gamma": "ss_min_snr_gamma",
-    "debiased_estimation_loss": "ss_debiased_estimation",
-    "scale_weight_norms": "ss_scale_weight_norms",
-    "loss_type": "ss_loss_type",
-    "huber_schedule": "ss_huber_schedule",
-    "huber_c": "ss_huber_c",
-    "huber_scale": "ss_huber_scale",
-    "prior_loss_weight": "ss_prior_loss_weight",
-    "caption_dropout_rate": "ss_caption_dropout_rate",
-    "caption_dropout_every_n_epochs": "ss_caption_dropout_every_n_epochs",
-    "caption_tag_dropout_rate": "ss_caption_tag_dropout_rate",
     "face_crop_aug_range": "ss_face_crop_aug_range",
-    "color_aug": "ss_color_aug",
-    "flip_aug": "ss_flip_aug",
-    "random_crop": "ss_random_crop",
-    "shuffle_caption": "ss_shuffle_caption",
-    "enable_bucket": "ss_enable_bucket",
-    "bucket_no_upscale": "ss_bucket_no_upscale",
-    "min_bucket_reso": "ss_min_bucket_reso",
-    "max_bucket_reso": "ss_max_bucket_reso",
-    "keep_tokens": "ss_keep_tokens",
     "fp8_base": "ss_fp8_base",
-    "training_comment": "ss_training_comment",
-    "vae": "ss_vae_name",
 }
 
 
@@ -95,24 +53,16 @@ def _s(value: Any) -> str:
     return str(value)
 
 
-def _parse_resolution(value: Any, family: str) -> tuple[int, int]:
-    default = (1024, 1024) if family == "sdxl" else (512, 512)
+def _metadata_resolution(value: Any, family: str) -> tuple[int, int]:
+    """``ss_resolution``: the config's resolution, or the family's usual one when the config has none."""
+    from patina.core.dataset.buckets import parse_resolution
+
     if value in (None, "", 0):
-        return default
+        return (1024, 1024) if family == "sdxl" else (512, 512)
     try:
-        if isinstance(value, str):
-            parts = [int(float(p)) for p in re.split(r"[,x×\s]+", value.strip()) if p]
-        elif isinstance(value, (int, float)):
-            parts = [int(value)]
-        else:
-            parts = [int(p) for p in value]
-    except (TypeError, ValueError):
+        return parse_resolution(value)
+    except ValueError:
         raise PatinaError(f"max_resolution {value!r} is not a resolution like 512,512.") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise PatinaError(f"max_resolution {value!r} is not a resolution like 512,512.")
-    return parts[0], parts[1]
 
 
 def base_model_version(family: str, v_prediction: bool) -> str:
@@ -172,13 +122,11 @@ def build_metadata(*, values: Mapping[str, Any], family: str, v_prediction: bool
     {"resolution": [w, h], "count": n}}, "mean_img_ar_error": x}``); *optimizer_class* the optimizer's
     ``module.Class`` as sd-scripts writes it in ``ss_optimizer`` (the config's name is used without it).
     """
-    family = (family or "").lower()
-    if family not in ("sd1", "sd2", "sdxl"):
-        raise PatinaError(f"Unknown model family {family!r}: expected sd1, sd2 or sdxl.")
+    family = check_family(family)
     now = time.time()
     started = float(training_started_at) if training_started_at is not None else now
     finished = float(training_finished_at) if training_finished_at is not None else now
-    reso = _parse_resolution(values.get("max_resolution") or values.get("resolution"), family)
+    reso = _metadata_resolution(values.get("max_resolution") or values.get("resolution"), family)
     output_name = str(values.get("output_name") or "last")
     net_args = ({str(k): _s(v) for k, v in network_args.items()} if network_args is not None
                 else network_args_from_values(values))
@@ -212,7 +160,7 @@ def build_metadata(*, values: Mapping[str, Any], family: str, v_prediction: bool
         md["ss_reg_dataset_dirs"] = json.dumps(dict(reg_dataset_dirs), ensure_ascii=False)
     if bucket_info:
         md["ss_bucket_info"] = json.dumps(dict(bucket_info), ensure_ascii=False)
-    for key, ss_key in _SS_FROM_VALUES.items():
+    for key, ss_key in {**SS_KEYS, **_KOHYA_ONLY_SS_KEYS}.items():
         if key in values and values[key] is not None:
             md[ss_key] = _s(values[key])
     if "optimizer" in values:
@@ -494,7 +442,7 @@ def _detect_family(metadata: Mapping[str, str], groups: Mapping[str, Mapping[str
     for n, t in groups.items():
         if "attn2_to_k" in n and "lora_down.weight" in t:
             width = int(t["lora_down.weight"].shape[1])
-            guess = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width)
+            guess = FAMILY_BY_CONTEXT_WIDTH.get(width)
             if guess:
                 return guess, f"cross-attention width {width}"
     if any(n.startswith(("lora_te_", "lora_unet_")) for n in groups):
@@ -671,9 +619,6 @@ def verify_lora(path: str | os.PathLike, model: str | os.PathLike | None = None)
     return report
 
 
-_CONTEXT_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-
-
 def _invokeai_probe_width(groups: Mapping[str, Mapping[str, Any]]) -> int | None:
     """The width InvokeAI identifies a LoRA's base model by: the input width of a UNet cross-attention
     to_k/to_v (the context width), else of text-encoder self-attention (SD1/SD2 ``lora_te_``; SDXL
@@ -710,7 +655,7 @@ def _judge_invokeai_probe(r: VerifyReport, groups: Mapping[str, Mapping[str, Any
         fail(("InvokeAI",), f"InvokeAI cannot tell which base model this LoRA is for ({what}); "
                             "train the UNet too, including attn2 to_k/to_v")
         return
-    guess = _CONTEXT_WIDTH.get(width)
+    guess = FAMILY_BY_CONTEXT_WIDTH.get(width)
     if guess is None:
         notes.append(f"InvokeAI's base-model probe reads width {width}, which is no SD1/SD2/SDXL width "
                      "(a tiny or unusual base model)")
@@ -832,7 +777,7 @@ def format_verify_report(report: VerifyReport) -> str:
     """A plain-text rendering of :func:`verify_lora`'s report, for the GUI's text box and the CLI."""
     r = report
     lines = [f"LoRA file: {r.path}", f"Size: {r.file_size:,} bytes, {r.num_tensors} tensors, key format: {r.format}"]
-    fam = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}.get(r.family or "", "unknown")
+    fam = FAMILY_LABELS.get(r.family or "", "unknown")
     lines.append(f"Base model: {fam} (from {r.family_source})")
     te = f"TE1 {r.counts['te1']}, TE2 {r.counts['te2']}" if r.counts["te2"] or r.family == "sdxl" else f"TE {r.counts['te1']}"
     lines.append(f"Modules: {len(r.modules)} (UNet {r.counts['unet']}, {te}"

@@ -42,19 +42,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from patina.core.config.schema import LR_WEIGHT_PRESETS  # noqa: F401 - kohya's presets, stated in the schema
 from patina.core.errors import PatinaError
+from patina.core.models.families import check_family
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 ADAPTER_NAME = "patina"
-FAMILIES = ("sd1", "sd2", "sdxl")
 
 UNET_ATTN_CLASSES = ("Transformer2DModel",)
 UNET_CONV_CLASSES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TE_CLASSES = ("CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP")
 
-LR_WEIGHT_PRESETS = ("sine", "cosine", "linear", "reverse_linear", "zeros")
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,7 @@ BLOCK_LAYOUTS = {
 }
 
 
-def _family(family: str) -> str:
-    fam = (family or "").lower()
-    if fam not in FAMILIES:
-        raise PatinaError(f"Unknown model family {family!r}: expected one of {', '.join(FAMILIES)}.")
-    return fam
+_family = check_family
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -162,21 +158,29 @@ class NetworkSpec:
 
     @classmethod
     def from_values(cls, values: dict) -> "NetworkSpec":
-        """A spec from a kohya_ss-style training config (``network_dim``, ``LoRA_type``, ``unet_lr``, ...).
+        """The spec of a training config (Patina's, or kohya_ss-style: ``network_dim``, ``LoRA_type``,
+        ``unet_lr``, ...). The engine builds its network from this; it is the one config → spec mapping.
 
-        conv_dim/conv_alpha count only for a LoCon ``LoRA_type`` (kohya_ss hides and ignores them for
-        Standard). Like kohya_ss, a text encoder lr of 0 (with a non-zero UNet lr) trains the UNet only and a
-        UNet lr of 0 trains the text encoder only; ``network_train_unet_only``/``..._text_encoder_only``
-        flags win."""
+        conv_dim/conv_alpha and the conv block settings count only for a LoCon ``LoRA_type`` (kohya_ss hides
+        and ignores them for Standard). A part trains when its learning rate is above 0, as
+        :func:`patina.core.config.schema.training_lrs` says (a missing lr, in a kohya_ss config, trains it);
+        ``network_train_unet_only``/``..._text_encoder_only`` flags win. Block settings are kohya's text (or
+        lists); blank text is "not set"."""
         def num(key):
             v = values.get(key)
             return None if v in (None, "") else float(v)
 
+        def block(key, allowed=True):
+            v = values.get(key) if allowed else None
+            if isinstance(v, str):
+                v = v.strip()
+            return v if v not in (None, "", [], ()) else None
+
         lora_type = str(values.get("LoRA_type") or "Standard")
         locon = "locon" in lora_type.lower()
         unet_lr, te_lr = num("unet_lr"), num("text_encoder_lr")
-        train_unet = not (unet_lr == 0 and te_lr not in (None, 0))
-        train_te = not (te_lr == 0 and unet_lr not in (None, 0))
+        train_unet = unet_lr is None or unet_lr > 0
+        train_te = te_lr is None or te_lr > 0
         if values.get("network_train_unet_only"):
             train_te = False
         if values.get("network_train_text_encoder_only"):
@@ -189,14 +193,14 @@ class NetworkSpec:
             network_dropout=num("network_dropout") or 0.0,
             train_unet=train_unet,
             train_text_encoder=train_te,
-            down_lr_weight=values.get("down_lr_weight") or None,
-            mid_lr_weight=values.get("mid_lr_weight") if values.get("mid_lr_weight") not in (None, "") else None,
-            up_lr_weight=values.get("up_lr_weight") or None,
+            down_lr_weight=block("down_lr_weight"),
+            mid_lr_weight=block("mid_lr_weight"),
+            up_lr_weight=block("up_lr_weight"),
             block_lr_zero_threshold=num("block_lr_zero_threshold") or 0.0,
-            block_dims=values.get("block_dims") or None,
-            block_alphas=values.get("block_alphas") or None,
-            conv_block_dims=values.get("conv_block_dims") or None,
-            conv_block_alphas=values.get("conv_block_alphas") or None,
+            block_dims=block("block_dims"),
+            block_alphas=block("block_alphas"),
+            conv_block_dims=block("conv_block_dims", locon),
+            conv_block_alphas=block("conv_block_alphas", locon),
         )
 
     # -- derived -----------------------------------------------------------------------------------------
@@ -317,22 +321,6 @@ class NetworkSpec:
                     if conv_dims is not None:
                         conv_dims[i] = 0
         return dims, alphas, conv_dims, conv_alphas
-
-    def network_args(self) -> dict[str, str]:
-        """kohya ``--network_args`` for this spec (what ``ss_network_args`` records)."""
-        args: dict[str, str] = {}
-        if self.conv_dim and _int(self.conv_dim) > 0:
-            args["conv_dim"] = str(_int(self.conv_dim))
-            args["conv_alpha"] = _num(self.conv_alpha if self.conv_alpha is not None else 1.0)
-        for name in ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_dims", "block_alphas",
-                     "conv_block_dims", "conv_block_alphas"):
-            value = getattr(self, name)
-            if _present(value):
-                args[name] = value.strip() if isinstance(value, str) else ",".join(_num(v) for v in (
-                    value if isinstance(value, (list, tuple)) else [value]))
-        if self.uses_block_lr and self.block_lr_zero_threshold:
-            args["block_lr_zero_threshold"] = _num(self.block_lr_zero_threshold)
-        return args
 
 
 def _int(v: Any) -> int:
@@ -522,8 +510,8 @@ class LoraModuleInfo:
 
 
 @dataclass
-class LoadResult:
-    """What :meth:`LoraNetwork.load_kohya_state_dict` did."""
+class WeightsLoad:
+    """What :meth:`LoraNetwork.load_kohya_state_dict` did (a config file's load is config.files.LoadResult)."""
 
     loaded: list[str]
     missing: list[str]  # network modules the file has no weights for (they keep their initial weights)
@@ -855,9 +843,6 @@ class LoraNetwork:
     def trainable_parameters(self) -> list["torch.nn.Parameter"]:
         return [p for _, p in self.lora_parameters() if p.requires_grad]
 
-    def network_args(self) -> dict[str, str]:
-        return self.spec.network_args()
-
     # -- optimizer -------------------------------------------------------------------------------------
     def param_groups(self, unet_lr: float | None, text_encoder_lr: float | Sequence[float] | None,
                      loraplus_unet_ratio: float | None = 0, loraplus_te_ratio: float | None = 0, *,
@@ -944,7 +929,7 @@ class LoraNetwork:
                 sd[f"{m.name}.alpha"] = torch.tensor(self.export_alpha(m), dtype=dtype)
         return sd
 
-    def load_kohya_state_dict(self, sd: dict, strict: bool = True) -> LoadResult:
+    def load_kohya_state_dict(self, sd: dict, strict: bool = True) -> WeightsLoad:
         """Copy kohya-format weights into the adapters (continue training from ``network_weights``).
 
         Also accepts the usual variants of the names (SDXL UNet in diffusers spelling, text encoder names
@@ -1003,7 +988,7 @@ class LoraNetwork:
                 alpha = float(alpha.item()) if alpha is not None else float(m.rank)
                 self._set_alpha(m, alpha or float(m.rank))
                 loaded.append(m.name)
-        return LoadResult(loaded=loaded, missing=missing, unexpected=unexpected)
+        return WeightsLoad(loaded=loaded, missing=missing, unexpected=unexpected)
 
     def _set_alpha(self, m: LoraModuleInfo, alpha: float) -> None:
         m.alpha = alpha

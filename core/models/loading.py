@@ -43,6 +43,7 @@ from patina.core.models.checkpoint_files import (
     sniff_format,
 )
 from patina.core.errors import PatinaError
+from patina.core.models.families import FAMILIES, FAMILY_BY_CONTEXT_WIDTH, FAMILY_NAMES
 from patina.core.paths import resources_dir
 
 __all__ = [
@@ -50,8 +51,6 @@ __all__ = [
     "shipped_config_dir",
 ]
 
-FAMILIES = ("sd1", "sd2", "sdxl")
-FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL"}
 
 SUPPORTED = (
     "Patina trains LoRAs on Stable Diffusion 1.x, 2.x and SDXL base models, given either as one "
@@ -250,7 +249,7 @@ def _family_from_unet(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
         return "sdxl"
     for k, s in shapes.items():
         if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight") and len(s) == 2:
-            return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(s[1])
+            return FAMILY_BY_CONTEXT_WIDTH.get(s[1])
     return None
 
 
@@ -330,7 +329,9 @@ def _detect_diffusers(folder: Path) -> ModelInfo:
     else:
         if not component("text_encoder"):
             raise _fail(folder, f"this {pipe_cls} has no text encoder", "Choose a complete model folder.")
-        family = {768: "sd1", 1024: "sd2"}.get(unet_cfg.get("cross_attention_dim"))
+        family = FAMILY_BY_CONTEXT_WIDTH.get(unet_cfg.get("cross_attention_dim"))
+        if family == "sdxl":  # a 2048 context with one text encoder is not an SDXL base
+            family = None
         if family is None:  # non-standard sizes (e.g. tiny test models): the text encoder tells
             te_cfg_path = folder / "text_encoder" / "config.json"
             act = _read_json(te_cfg_path).get("hidden_act") if te_cfg_path.is_file() else None

@@ -17,13 +17,13 @@ from PIL import Image, ImageOps
 from patina.core.dataset.buckets import resize_and_crop
 from patina.core.dataset.captions import process_caption
 from patina.core.dataset.images import load_rgb
-from patina.core.dataset.plan import DatasetPlan, Sample, TrainItem, seed_for
+from patina.core.dataset.plan import BatchItem, DatasetPlan, TrainItem, seed_for
 
-__all__ = ["DatasetPlan", "Sample", "TrainItem", "caption_for_step", "captions_are_static", "can_cache_latents",
+__all__ = ["BatchItem", "DatasetPlan", "TrainItem", "caption_for_step", "captions_are_static", "can_cache_latents",
            "prepare_image", "latent_cache_key"]
 
 
-def caption_for_step(plan: DatasetPlan, sample: Sample, epoch: int, step: int, position: int) -> str:
+def caption_for_step(plan: DatasetPlan, sample: BatchItem, epoch: int, step: int, position: int) -> str:
     cfg = plan.cfg
     rng = random.Random(seed_for(plan.seed, "caption", epoch, step, position))
     return process_caption(plan.items[sample.item].image.caption, shuffle=cfg["shuffle_caption"],

@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from patina.core.config.schema import check_values, errors
+from patina.core.config.schema import ValidConfig, check_values, errors, missing_required
 from patina.core.dataset.plan import seed_for
 from patina.core.errors import PatinaError
 from patina.core.train import caching, outputs, state
@@ -53,24 +53,21 @@ class RunPlan:
 
 
 def _require_paths(cfg: dict) -> None:
-    missing = []
-    if not cfg["pretrained_model_name_or_path"]:
-        missing.append("pretrained_model_name_or_path (Model ▸ Pretrained model): choose a .safetensors checkpoint "
-                       "or a diffusers folder")
-    if not cfg["train_data_dir"]:
-        missing.append("train_data_dir (Model ▸ Image folder): choose the folder that contains your 10_name folders")
-    if not cfg["output_dir"]:
-        missing.append("output_dir (Folders ▸ Output folder): choose where the LoRA is written")
+    missing = [f"{p.key} ({p.place}): choose {p.required}" for p in missing_required(cfg)]
     if missing:
         raise PatinaError("Some required settings are empty:", problems=missing)
 
 
 def validated(cfg: dict) -> dict:
-    values, problems = check_values(cfg)
-    bad = errors(problems)
-    if bad:
-        raise PatinaError(f"{len(bad)} setting(s) are not valid; fix them and start again:",
-                          problems=[str(p) for p in bad])
+    """*cfg* checked by the schema's one validator; a :class:`ValidConfig` (already checked) is taken as it is."""
+    if isinstance(cfg, ValidConfig):
+        values = cfg
+    else:
+        values, problems = check_values(cfg)
+        bad = errors(problems)
+        if bad:
+            raise PatinaError(f"{len(bad)} setting(s) are not valid; fix them and start again:",
+                              problems=[str(p) for p in bad])
     _require_paths(values)
     return values
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from patina.core.errors import PatinaError
-from patina.core.config.schema import Problem, parse_resolution
+from patina.core.config.schema import Problem, missing_required
 
 # --- the device --------------------------------------------------------------------------------------------
 
@@ -146,6 +146,7 @@ def check_device(cfg: Mapping[str, Any], device: DeviceInfo) -> list[Problem]:
 
 def check_sample_prompts(cfg: Mapping[str, Any]) -> list[Problem]:
     """Every prompt line the sampler would refuse, each as its own problem."""
+    from patina.core.dataset.buckets import parse_resolution
     from patina.core.train.sampling import parse_prompt_line
 
     text = cfg.get("sample_prompts") or ""
@@ -341,9 +342,8 @@ RESUME_CHANGEABLE = frozenset({
     "save_state", "save_state_on_train_end", "save_precision", "resume", "output_dir", "output_name",
     "logging_dir", "train_data_dir", "reg_data_dir", "vae", "training_comment", "metadata_title",
     "metadata_author", "metadata_description", "metadata_license", "metadata_tags", "sample_every_n_steps",
-    "sample_every_n_epochs", "sample_at_first", "sample_sampler", "sample_prompts", "max_data_loader_n_workers",
-    "persistent_data_loader_workers", "vae_batch_size", "cache_latents_to_disk", "gradient_checkpointing",
-    "xformers", "mixed_precision", "cache_latents",
+    "sample_every_n_epochs", "sample_at_first", "sample_sampler", "sample_prompts", "vae_batch_size",
+    "cache_latents_to_disk", "gradient_checkpointing", "xformers", "mixed_precision", "cache_latents",
 })
 
 
@@ -432,22 +432,14 @@ def preflight(cfg: Mapping[str, Any], *, device: DeviceInfo | None = None, famil
     return problems
 
 
-REQUIRED_TO_TRAIN = {
-    "pretrained_model_name_or_path": "the base model (a .safetensors checkpoint or a diffusers folder)",
-    "train_data_dir": "the image folder (the one that contains your 10_name folders)",
-    "output_dir": "the output folder",
-}
-
-
 def config_checks(cfg: Mapping[str, Any], device: DeviceInfo | None = None) -> list[Problem]:
     """What ``patina config validate`` adds to the schema check: the pre-flight checks that need no dataset
     (sample prompts, folders, names, free space), required paths that are still empty, and, as warnings, what
     this machine cannot run (the config may be meant for another one)."""
     out: list[Problem] = []
-    for key, what in REQUIRED_TO_TRAIN.items():
-        if not str(cfg.get(key) or "").strip():
-            out.append(Problem(key, f"is empty; {what} is required to train (the config can still be saved)",
-                               None, "warning"))
+    for param in missing_required(cfg):
+        out.append(Problem(param.key, f"is empty; {param.required} is required to train (the config can still be "
+                           "saved)", None, "warning"))
     out += preflight(cfg, family=str(cfg.get("model_family") or "auto"))
     if device is not None:
         for p in check_device(cfg, device):

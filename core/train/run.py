@@ -222,20 +222,7 @@ def _add_network(run: Run) -> None:
 
         weights_sd, _ = read_lora(cfg["network_weights"])
 
-    def blocks(key):  # block-wise settings are passed as kohya's text (network.py parses them)
-        return cfg[key].strip() or None
-
-    locon = cfg["LoRA_type"] == "Kohya LoCon"
-    spec = NetworkSpec(
-        network_dim=cfg["network_dim"], network_alpha=cfg["network_alpha"], conv_dim=cfg["conv_dim"] if locon else 0,
-        conv_alpha=cfg["conv_alpha"] if locon else 0, network_dropout=cfg["network_dropout"],
-        train_unet=run.train_unet, train_text_encoder=run.train_te,
-        down_lr_weight=blocks("down_lr_weight"), mid_lr_weight=blocks("mid_lr_weight"),
-        up_lr_weight=blocks("up_lr_weight"), block_lr_zero_threshold=cfg["block_lr_zero_threshold"],
-        block_dims=blocks("block_dims"), block_alphas=blocks("block_alphas"),
-        conv_block_dims=blocks("conv_block_dims") if locon else None,
-        conv_block_alphas=blocks("conv_block_alphas") if locon else None,
-    )
+    spec = NetworkSpec.from_values(cfg)  # the one config → network spec mapping
     torch.manual_seed(run.seed)
     tes = base.text_encoders if run.train_te else []
     if weights_sd is not None and cfg["dim_from_weights"]:
