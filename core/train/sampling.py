@@ -134,7 +134,7 @@ def generate_samples(run, epoch: int | None) -> None:
     import torch
 
     from patina.core.atomic import atomic_temp_path, commit_temp
-    from patina.core.config.schema import parse_resolution
+    from patina.core.dataset.buckets import parse_resolution
     from patina.core.train.events import Sample
     from patina.core.train.outputs import SaveFailed
     from patina.core.train.run import empty_device_cache
