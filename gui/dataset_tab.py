@@ -33,12 +33,14 @@ from patina.core.atomic import atomic_write_text
 from patina.core.dataset.captions import normalize_extension, read_caption, tag_frequency
 from patina.core.dataset.folders import scan_dataset
 from patina.core.dataset.images import ImageCheck, probe_image
+from patina.core.dataset.listing import ImageItem, list_dataset
 from patina.core.errors import PatinaError
 from patina.core.paths import user_config_dir
-from patina.gui.caption_editor import (APPLIED, MISSING, SCOPE_FOLDER, UNCHANGED, BatchPanel, CaptionChange,
-                                CaptionCommand, CaptionPanel, CaptionStore, TagFrequencyPanel, add_postfix,
-                                add_prefix, replace_text)
-from patina.gui.image_grid import ImageFilterProxy, ImageGridView, ImageItem, ImageListModel, ItemRole, list_dataset
+from patina.core.dataset.caption_edits import (APPLIED, MISSING, UNCHANGED, CaptionChange, add_postfix, add_prefix,
+                                              replace_text)
+from patina.gui.caption_batch import SCOPE_FOLDER, BatchPanel, TagFrequencyPanel
+from patina.gui.caption_editor import CaptionCommand, CaptionPanel, CaptionStore
+from patina.gui.image_grid import ImageFilterProxy, ImageGridView, ImageListModel, ItemRole
 from patina.gui.thumbnails import THUMB_PX, ThumbnailLoader
 from patina.gui.widgets import ERROR_COLOR, Banner
 from patina.gui.wizard_dialog import FolderWizardDialog
