@@ -10,9 +10,9 @@ from typing import Any, Mapping
 
 from PySide6.QtCore import QByteArray, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QAction, QDesktopServices, QFont, QIcon, QKeySequence
-from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QMainWindow,
-                               QMenu, QMessageBox, QPlainTextEdit, QPushButton, QSizePolicy, QStyle, QTabWidget,
-                               QToolBar, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QInputDialog, QLabel, QMainWindow, QMenu,
+                               QMessageBox, QPlainTextEdit, QSizePolicy, QStyle, QTabWidget, QToolBar, QToolButton,
+                               QVBoxLayout)
 
 from patina.core import __version__
 from patina.core.config.files import (LoadResult, apply_preset, format_load_report, list_presets, read_config, save_config,
@@ -20,9 +20,11 @@ from patina.core.config.files import (LoadResult, apply_preset, format_load_repo
 from patina.core.errors import PatinaError
 from patina.core.config.schema import BY_KEY, defaults
 from patina.core.paths import resources_dir, user_presets_dir
-from patina.gui.monitor_tab import REQUIRED_TO_START, MonitorTab
-from patina.gui.param_pages import ParamForm, problem_text
+from patina.gui.dataset_tab import DatasetTab
+from patina.gui.monitor_tab import MonitorTab
+from patina.gui.param_pages import problem_text
 from patina.gui.state import GuiState, load_state, save_state
+from patina.gui.training_tab import TrainingTab
 
 TABS = ("dataset", "training", "monitor")
 TAB_TITLES = {"dataset": "Dataset", "training": "Training", "monitor": "Monitor"}
@@ -65,93 +67,6 @@ class ReportDialog(QDialog):
         self.resize(720, 460)
 
 
-class _Placeholder(QWidget):
-    def __init__(self, title: str, text: str, parent=None):
-        super().__init__(parent)
-        layout = QVBoxLayout(self)
-        layout.addStretch(1)
-        head = QLabel(f"<h2>{title}</h2>", self)
-        head.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        body = QLabel(text, self)
-        body.setWordWrap(True)
-        body.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        body.setStyleSheet("color: palette(placeholder-text);")
-        layout.addWidget(head)
-        layout.addWidget(body)
-        layout.addStretch(2)
-
-
-def make_dataset_tab(parent=None) -> tuple[QWidget, bool]:
-    """The Dataset tab, imported lazily; a placeholder when the module is missing or fails to load."""
-    try:
-        from patina.gui.dataset_tab import DatasetTab  # noqa: WPS433
-        return DatasetTab(parent), True
-    except Exception as exc:  # noqa: BLE001 - the window must open whatever the Dataset tab's state
-        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "patina.gui.dataset_tab"
-        text = ("Dataset preparation is not available in this build." if missing else
-                f"The Dataset tab could not be loaded ({type(exc).__name__}: {exc}). Training still works: "
-                "set the image folder on the Training tab.")
-        return _Placeholder("Dataset", text, parent), False
-
-
-class TrainingTab(QWidget):
-    """The parameter pages plus a footer with the problem count and a Start button."""
-
-    start_requested = Signal()
-
-    def __init__(self, parent=None, *, detect_family: bool = True):
-        super().__init__(parent)
-        self.form = ParamForm(self, detect_family=detect_family)
-        self.summary = QLabel(self)
-        self.summary.setTextFormat(Qt.TextFormat.RichText)
-        self.summary.linkActivated.connect(self._jump)
-        self.start_button = QPushButton("Start training…", self)
-        self.start_button.setObjectName("trainingStart")
-        bold = self.start_button.font()
-        bold.setBold(True)
-        self.start_button.setFont(bold)
-        self.start_button.setMinimumWidth(150)
-        self.start_button.setMinimumHeight(30)
-        self.start_button.setToolTip("Check everything, show the plan, then train (progress on the Monitor tab)")
-        self.start_button.clicked.connect(self.start_requested)
-        footer = QHBoxLayout()
-        footer.setContentsMargins(12, 6, 12, 8)
-        footer.addWidget(self.summary, 1)
-        footer.addWidget(self.start_button)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(0)
-        layout.addWidget(self.form, 1)
-        layout.addLayout(footer)
-        self.form.problems_changed.connect(self._update_summary)
-        self._update_summary(self.form.problems())
-
-    def _update_summary(self, problems) -> None:
-        errs = [p for p in problems if p.severity == "error"]
-        warns = [p for p in problems if p.severity != "error"]
-        vals = self.form.values()
-        missing = [k for k in REQUIRED_TO_START if not str(vals.get(k, "")).strip()]
-        if errs:
-            self.summary.setText(f"<span style='color:#c62828'>● {len(errs)} setting(s) need fixing</span> — "
-                                 f"<a href='{errs[0].key}'>show the first</a>")
-        elif warns:
-            self.summary.setText(f"<span style='color:#9a6200'>● {len(warns)} warning(s)</span> — "
-                                 f"<a href='{warns[0].key}'>show</a>")
-        elif missing:
-            names = ", ".join(BY_KEY[k].label for k in missing)
-            self.summary.setText(f"● To train, set: {names} — <a href='{missing[0]}'>go there</a>")
-        else:
-            self.summary.setText("<span style='color:#2e7d32'>● All settings are valid.</span>")
-
-    def _jump(self, key: str) -> None:
-        if key in BY_KEY:
-            self.form.focus_field(key)
-
-    def set_running(self, running: bool) -> None:
-        self.start_button.setEnabled(not running)
-        self.start_button.setText("Training is running" if running else "Start training…")
-
-
 class MainWindow(QMainWindow):
     """The main window. ``engine_fn``/``plan_fn`` replace the training engine (tests); ``restore_session``
     reopens the last config file and the window's geometry, tab and page."""
@@ -177,9 +92,8 @@ class MainWindow(QMainWindow):
         self.training = TrainingTab(self, detect_family=detect_family)
         self.form = self.training.form
         self.monitor = MonitorTab(self, engine_fn=engine_fn, plan_fn=plan_fn, config_source=self._config_for_run)
-        self.dataset_tab, self.has_dataset_tab = make_dataset_tab(self)
-        if hasattr(self.dataset_tab, "batch_size_source"):
-            self.dataset_tab.batch_size_source = lambda: self.form.fields["train_batch_size"].getter()
+        self.dataset_tab = DatasetTab(self)
+        self.dataset_tab.batch_size_source = lambda: self.form.fields["train_batch_size"].getter()
         self.tabs = QTabWidget(self)
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.dataset_tab, TAB_TITLES["dataset"])
@@ -201,8 +115,7 @@ class MainWindow(QMainWindow):
         self.monitor.fix_requested.connect(self.apply_fix)
         self.monitor.running_changed.connect(self._running_changed)
         self.monitor.finished.connect(self._run_finished)
-        if self.has_dataset_tab and hasattr(self.dataset_tab, "folders_prepared"):
-            self.dataset_tab.folders_prepared.connect(self.apply_prepared_folders)
+        self.dataset_tab.folders_prepared.connect(self.apply_prepared_folders)
         self._dataset_timer = QTimer(self)
         self._dataset_timer.setSingleShot(True)
         self._dataset_timer.setInterval(300)
@@ -676,15 +589,12 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Folder fields filled in from the folder wizard (Training tab).", 6000)
 
     def sync_dataset_tab(self) -> None:
-        if not self.has_dataset_tab or not hasattr(self.dataset_tab, "set_dataset"):
-            return
         vals = self.form.values()
         pair = (str(vals.get("train_data_dir") or ""), str(vals.get("caption_extension") or ".txt"))
-        if hasattr(self.dataset_tab, "set_reg_folder"):
-            try:
-                self.dataset_tab.set_reg_folder(str(vals.get("reg_data_dir") or ""))
-            except Exception as exc:  # noqa: BLE001 - a Dataset tab problem must not break the window
-                self.statusBar().showMessage(f"The Dataset tab could not use the regularisation folder: {exc}", 10000)
+        try:
+            self.dataset_tab.set_reg_folder(str(vals.get("reg_data_dir") or ""))
+        except Exception as exc:  # noqa: BLE001 - a Dataset tab problem must not break the window
+            self.statusBar().showMessage(f"The Dataset tab could not use the regularisation folder: {exc}", 10000)
         if pair == self._dataset_sent:
             return
         self._dataset_sent = pair
@@ -694,11 +604,10 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"The Dataset tab could not show {pair[0]}: {exc}", 10000)
 
     def flush_dataset_tab(self) -> None:
-        if self.has_dataset_tab and hasattr(self.dataset_tab, "flush"):
-            try:
-                self.dataset_tab.flush()
-            except Exception as exc:  # noqa: BLE001
-                QMessageBox.warning(self, "Captions not saved", f"Pending caption edits could not be saved:\n{exc}")
+        try:
+            self.dataset_tab.flush()
+        except Exception as exc:  # noqa: BLE001
+            QMessageBox.warning(self, "Captions not saved", f"Pending caption edits could not be saved:\n{exc}")
 
     # -- training ---------------------------------------------------------------------------------------------
 

@@ -726,9 +726,7 @@ def _family_name(family) -> str | None:
 
 
 def _detect_family(path: str):
-    """Runs in a pool thread. ``patina.core.models.loading`` may import torch; a missing module means "skip quietly"."""
-    try:
-        from patina.core.models.loading import detect_family  # noqa: WPS433
-    except ImportError:
-        return None
+    """Runs off the GUI thread: ``patina.core.models.loading`` may import torch."""
+    from patina.core.models.loading import detect_family  # noqa: WPS433
+
     return detect_family(path)

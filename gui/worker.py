@@ -28,13 +28,11 @@ EngineFn = Callable[..., Finished]
 
 
 def _engine_function(name: str, doing: str):
-    """``patina.core.train.engine.<name>``, imported on first use (it pulls torch); a missing piece is a PatinaError."""
+    """``patina.core.train.engine.<name>``, imported on first use (it pulls torch); a missing dependency is a
+    PatinaError."""
     try:
         import patina.core.train.engine as engine  # noqa: WPS433 (heavy: torch, diffusers)
     except ModuleNotFoundError as exc:
-        if exc.name == "patina.core.train.engine":
-            raise PatinaError(f"The training engine (core/train/engine.py) is not part of this installation, so {doing}. "
-                              "Reinstall Patina.") from None
         raise PatinaError(f"The Python package '{exc.name}' is not installed in Patina's environment, so {doing}. "
                           "Run the installer again (packaging/install-*) to repair the environment.") from None
     return getattr(engine, name)
