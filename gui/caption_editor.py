@@ -1,7 +1,7 @@
 """Caption editing for the Dataset tab.
 
-* :class:`CaptionStore` applies caption change sets (:mod:`patina.core.dataset.caption_edits`) on one
-  background thread, in the order asked.
+* :class:`CaptionStore` applies caption change sets (:mod:`patina.core.dataset.caption_edits`) as
+  background tasks (:mod:`patina.gui.tasks`), one at a time, in the order asked.
 * :class:`CaptionCommand` makes every change set undoable on the tab's ``QUndoStack``: undo puts back the
   exact bytes each file held before.
 * :class:`CaptionPanel`: the selected image's preview, caption editor with debounced autosave, tag chips
@@ -16,7 +16,7 @@ from __future__ import annotations
 from html import escape
 import threading
 
-from PySide6.QtCore import QEvent, QObject, Qt, QThreadPool, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QPixmap, QUndoCommand
 from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QScrollArea, QSplitter,
                                QVBoxLayout, QWidget)
@@ -26,10 +26,11 @@ from patina.core.dataset.caption_edits import (CaptionChange, WriteResult, apply
 from patina.core.dataset.captions import CaptionText
 from patina.gui.caption_widgets import (CHIP_STYLE, ERROR_COLOR, MUTED_STYLE, ChipArea, PreviewLabel,
                                         section_label)
+from patina.gui.tasks import Lane, Task, run_task
 
 
 class CaptionStore(QObject):
-    """Runs caption writes one at a time, in order, on a background thread.
+    """Runs caption writes one at a time, in order, on a one-thread :class:`~patina.gui.tasks.Lane`.
 
     ``finished(tag, result)`` comes back in the GUI thread for every job; ``progress(done, total)`` for
     big ones. :meth:`wait` blocks until everything queued is on disk (used before closing).
@@ -40,8 +41,7 @@ class CaptionStore(QObject):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._pool = QThreadPool()
-        self._pool.setMaxThreadCount(1)  # one thread = jobs run in the order they were queued
+        self._lane = Lane(1)  # one thread = jobs run in the order they were queued
         self._lock = threading.Lock()
         self._jobs = 0
 
@@ -53,24 +53,21 @@ class CaptionStore(QObject):
     def submit(self, changes: list[CaptionChange], forward: bool, tag=None) -> None:
         with self._lock:
             self._jobs += 1
+        run_task(self._apply, changes, forward, pass_task=True, lane=self._lane,
+                 on_progress=self.progress.emit, on_done=lambda result: self.finished.emit(tag, result))
 
-        def job():
-            try:
-                result = apply_changes(changes, forward, self._report_progress if len(changes) > 50 else None)
-            except Exception as exc:  # noqa: BLE001 - report, never lose the worker
-                result = WriteResult(errors=[f"Saving captions failed: {type(exc).__name__}: {exc}"])
+    def _apply(self, task: Task, changes: list[CaptionChange], forward: bool) -> WriteResult:
+        try:
+            return apply_changes(changes, forward, task.progress if len(changes) > 50 else None)
+        except Exception as exc:  # noqa: BLE001 - a failed write is a result the tab shows, never lost
+            return WriteResult(errors=[f"Saving captions failed: {type(exc).__name__}: {exc}"])
+        finally:
             with self._lock:
                 self._jobs -= 1
-            self.finished.emit(tag, result)
-
-        self._pool.start(job)
-
-    def _report_progress(self, done: int, total: int) -> None:
-        self.progress.emit(done, total)
 
     def wait(self, timeout_ms: int = 60000) -> bool:
-        """Block until every queued write is done (queued signals are delivered later)."""
-        return self._pool.waitForDone(timeout_ms)
+        """Block until every queued write is done (their results are delivered later)."""
+        return self._lane.wait(timeout_ms)
 
 
 class CaptionCommand(QUndoCommand):

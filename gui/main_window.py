@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from PySide6.QtCore import QByteArray, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QByteArray, Qt, QTimer, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QFont, QIcon, QKeySequence
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QInputDialog, QLabel, QMainWindow, QMenu,
                                QMessageBox, QPlainTextEdit, QSizePolicy, QStyle, QTabWidget, QToolBar, QToolButton,
@@ -24,6 +24,7 @@ from patina.gui.dataset_tab import DatasetTab
 from patina.gui.monitor_tab import MonitorTab
 from patina.gui.param_pages import problem_text
 from patina.gui.state import GuiState, load_state, save_state
+from patina.gui.tasks import run_task
 from patina.gui.training_tab import TrainingTab
 
 TABS = ("dataset", "training", "monitor")
@@ -133,19 +134,15 @@ class MainWindow(QMainWindow):
     def _start_probe(self) -> None:
         if self._probing or not self._probe_device:
             return
-        from patina.gui.worker import BackgroundCall
-
         self._probing = True
-        BackgroundCall(_machine_defaults).start(self._machine_known, lambda exc: None)
+        # Without the probe the defaults stay as they are: nothing for the user to act on, so no report.
+        run_task(_machine_defaults, on_done=self._machine_known, on_error=lambda exc: None, owner=self)
 
     def _machine_known(self, result: tuple[dict, str]) -> None:
         """The device is known: a new, untouched config takes the defaults this machine can run."""
-        try:
-            self.machine_defaults = result
-            if self.path is None and self.imported_from is None and not self._dirty:
-                self._apply_machine_defaults()
-        except RuntimeError:  # the window was closed meanwhile
-            pass
+        self.machine_defaults = result
+        if self.path is None and self.imported_from is None and not self._dirty:
+            self._apply_machine_defaults()
 
     def _apply_machine_defaults(self) -> None:
         changes, note = self.machine_defaults or ({}, "")
@@ -161,37 +158,17 @@ class MainWindow(QMainWindow):
     # -- construction -------------------------------------------------------------------------------------
 
     def _start_device_notice(self) -> None:
-        """A one-line notice in the status bar when training would run on the CPU (checked on a worker
+        """A one-line notice in the status bar when training would run on the CPU (checked off the GUI
         thread, without importing torch)."""
-        import threading
-
-        from PySide6.QtCore import QObject, Signal
-
-        class _Notice(QObject):
-            found = Signal(str)
+        from patina.gui.device_notice import cpu_training_reason
 
         self.device_label = QLabel(self)
         self.device_label.setStyleSheet("color: #b26a00; padding: 0 8px;")
         self.device_label.hide()
         self.statusBar().addWidget(self.device_label)
-        self._device_notice = _Notice(self)
-        self._device_notice.found.connect(self._show_device_notice)
-        notice = self._device_notice
-
-        def work():
-            from patina.gui.device_notice import cpu_training_reason
-
-            try:
-                reason = cpu_training_reason()
-            except Exception:  # noqa: BLE001 - a notice is not worth an error
-                reason = None
-            if reason:
-                try:
-                    notice.found.emit(reason)
-                except RuntimeError:  # the window is gone
-                    pass
-
-        threading.Thread(target=work, name="patina-device-notice", daemon=True).start()
+        # A notice is not worth an error: a failed check shows nothing.
+        run_task(cpu_training_reason, owner=self, on_error=lambda exc: None,
+                 on_done=lambda reason: reason and self._show_device_notice(reason))
 
     def _show_device_notice(self, text: str) -> None:
         self.device_label.setText("⚠ " + text)

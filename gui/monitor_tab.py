@@ -28,7 +28,8 @@ from patina.core.train.events import EpochEnd, Finished, Log, Metrics, Plan, Pro
 from patina.core.config.schema import FAMILY_LABELS, Problem, check_values, errors
 from patina.gui.param_pages import problem_text
 from patina.gui.widgets import Banner, format_number
-from patina.gui.worker import BackgroundCall, EngineFn, TrainingWorker, default_plan, default_train
+from patina.gui.tasks import run_task
+from patina.gui.worker import EngineFn, TrainingWorker, default_plan, default_train
 
 # Needed before a run can start; the schema allows them empty so that a config can be saved half-done.
 REQUIRED_TO_START = ("pretrained_model_name_or_path", "train_data_dir", "output_dir")
@@ -281,8 +282,8 @@ class LiveCharts(QWidget):
         if "pyqtgraph" in sys.modules:
             QTimer.singleShot(0, self._build_next)
         else:
-            BackgroundCall(importlib.import_module, "pyqtgraph").start(
-                lambda _module: self._build_next(), self._load_failed)
+            run_task(importlib.import_module, "pyqtgraph", on_done=lambda _module: self._build_next(),
+                     on_error=self._load_failed, owner=self)
 
     def _load_failed(self, exc: BaseException) -> None:
         self._loading = False
@@ -838,8 +839,8 @@ class MonitorTab(QWidget):
         self._set_state("checking")
         self.status_label.setText("Checking the dataset and settings…")
         self._pending_warnings = warns
-        BackgroundCall(self.plan_fn, cfg).start(lambda plan, cfg=cfg: self._plan_ready(cfg, plan),
-                                                self._plan_failed)
+        run_task(self.plan_fn, cfg, on_done=lambda plan, cfg=cfg: self._plan_ready(cfg, plan),
+                 on_error=self._plan_failed, owner=self)
         return True
 
     def _plan_failed(self, exc: BaseException) -> None:
