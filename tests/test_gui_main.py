@@ -13,7 +13,8 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from patina.core.config.files import find_preset, read_config
 from patina.core.config.schema import BY_KEY, defaults
-from patina.gui.main_window import MainWindow, ReportDialog
+from patina.gui.config_document import ReportDialog
+from patina.gui.main_window import MainWindow
 
 ROOT = Path(__file__).resolve().parent.parent
 SB = QMessageBox.StandardButton

@@ -445,10 +445,12 @@ def test_enlarging_a_tiny_sample_scales_it_up_sharply(qtbot, tmp_path):
             img.setPixelColor(x, y, QColor(250, 250, 250))   # 1-px stripes: blurred by smooth scaling
     path = tmp_path / "s.png"
     img.save(str(path))
-    dlg = mt.ImageDialog(Sample(str(path), "sks toy", 0, 4, 1))
+    from patina.gui.sample_gallery import THUMB, ImageDialog
+
+    dlg = ImageDialog(Sample(str(path), "sks toy", 0, 4, 1))
     qtbot.addWidget(dlg)
     shown = dlg.image.pixmap().toImage()
-    assert shown.width() >= 512 and shown.width() > mt.THUMB  # never smaller than its thumbnail
+    assert shown.width() >= 512 and shown.width() > THUMB  # never smaller than its thumbnail
     assert dlg.zoom == shown.width() // 64
     values = {shown.pixelColor(x, 10).red() for x in range(shown.width())}
     assert values <= {10, 250}  # nearest-neighbour: only the two original values, no blur
