@@ -201,7 +201,12 @@ class PlanDialog(QDialog):
 # --- the tab ------------------------------------------------------------------------------------------------
 
 class MonitorTab(QWidget):
-    """Start/stop, live progress, charts, samples and log of one training run at a time."""
+    """Start/stop, live progress, charts, samples and log of one training run at a time.
+
+    Why this class is ~370 lines: it is the run's state machine (idle, checking, running, stopping) and
+    the one receiver of the engine's events, which each update several widgets; the charts
+    (:mod:`~patina.gui.live_charts`) and the samples (:mod:`~patina.gui.sample_gallery`) are their own
+    modules."""
 
     finished = Signal(object)          # patina.core.train.events.Finished
     problems_found = Signal(list)      # [Problem]: settings to fix before a run can start
