@@ -72,21 +72,24 @@ class CaptionStore(QObject):
 
 class CaptionCommand(QUndoCommand):
     """An undoable set of caption writes. With *applied* the first redo (QUndoStack.push) does nothing,
-    because the writes already happened."""
+    because the writes already happened. *first_tag* tags the first write (default: *tag*), so that the
+    result of a write whose text the editor already shows can be told from an undo or redo."""
 
     def __init__(self, store: CaptionStore, changes: list[CaptionChange], text: str, *, applied: bool = False,
-                 tag=None):
+                 tag=None, first_tag=None):
         super().__init__(text)
         self.store = store
         self.changes = changes
         self.tag = tag
+        self._first_tag = first_tag
         self._skip_redo = applied
 
     def redo(self):
         if self._skip_redo:
             self._skip_redo = False
             return
-        self.store.submit(self.changes, True, self.tag)
+        tag, self._first_tag = (self._first_tag or self.tag), None
+        self.store.submit(self.changes, True, tag)
 
     def undo(self):
         self.store.submit(self.changes, False, self.tag)
@@ -95,6 +98,7 @@ class CaptionCommand(QUndoCommand):
 # --- caption panel ------------------------------------------------------------------------------------------
 
 AUTOSAVE_MS = 500
+AUTOSAVE_TAG = "autosave"   # the store's result for an edit as typed: the editor shows that text already
 
 
 class CaptionEdit(QPlainTextEdit):
@@ -328,7 +332,8 @@ class CaptionPanel(QWidget):
         self._base_text = text
         self._file_exists = True
         item.caption, item.has_caption = text, True
-        self.undo_stack.push(CaptionCommand(self.store, [change], f"Edit caption of {item.name}", tag="edit"))
+        self.undo_stack.push(CaptionCommand(self.store, [change], f"Edit caption of {item.name}", tag="edit",
+                                            first_tag=AUTOSAVE_TAG))
         self._set_state("Saved")
 
     def _on_text_changed(self) -> None:

@@ -31,7 +31,7 @@ from patina.core.dataset.folders import scan_dataset
 from patina.core.dataset.listing import ImageItem, list_dataset
 from patina.core.errors import PatinaError
 from patina.core.paths import user_config_dir
-from patina.gui.caption_editor import CaptionStore
+from patina.gui.caption_editor import AUTOSAVE_TAG, CaptionStore
 from patina.gui.dataset_batch import BatchCaptionEdits
 from patina.gui.dataset_checker import DatasetChecker
 from patina.gui.dataset_layout import SOURCE_REG, SOURCE_TRAIN, DatasetTabLayout
@@ -451,12 +451,14 @@ class DatasetTab(DatasetTabLayout, BatchCaptionEdits, QWidget):
     def _on_written(self, tag, result) -> None:
         self.model.set_captions(result.captions)
         item = self.caption_panel.item
-        if item is not None and str(item.path) in result.captions:
+        # An autosave's result is the text the editor had when it was saved; the editor may hold a newer
+        # edit by now, which showing the older text would undo (and the next edit would build on it).
+        if item is not None and str(item.path) in result.captions and tag != AUTOSAVE_TAG:
             self.caption_panel.reload_text(result.captions[str(item.path)][0])
         if result.errors:
             more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
             self._set_status(result.errors[0] + more, error=True)
-            if tag == "edit":
+            if tag in ("edit", AUTOSAVE_TAG):
                 self.caption_panel.show_write_error(result.errors[0])
         if isinstance(tag, tuple) and tag[0] == "batch":
             self._finish_batch(tag, result)

@@ -379,6 +379,35 @@ def test_tag_chips_remove_and_restore_a_tag(qtbot, make_tab, tmp_path):
     assert DatasetTab().caption_panel.quick_tags() == ["outdoors", "sks dog"]
 
 
+def test_an_older_save_finishing_late_never_puts_back_older_text(qtbot, make_tab, tmp_path):
+    """Edit, then edit again before the first save has reported: the first save's result must not replace
+    the newer text in the editor (the next edit would build on the older text and lose a change)."""
+    import threading
+
+    from patina.gui.tasks import run_task
+
+    img = dataset(tmp_path)
+    cap = img / "10_sks dog" / "a.txt"
+    tab = make_tab()
+    tab.set_dataset(str(img), ".txt")
+    select(qtbot, tab, img / "10_sks dog" / "a.png")
+    panel = tab.caption_panel
+    panel.editor.setPlainText("sks dog, grass")
+    panel.commit()
+    assert tab.store.wait(5000) and cap.read_text(encoding="utf-8") == "sks dog, grass"   # reported later
+    release = threading.Event()
+    run_task(release.wait, 10, lane=tab.store._lane)   # holds the next write back
+    panel.editor.setPlainText("sks dog, grass, outdoors")
+    panel.commit()
+    qtbot.wait(100)   # the first save's result arrives; the second save waits behind the blocker
+    assert panel.editor.caption_text() == "sks dog, grass, outdoors"
+    release.set()
+    wait_file(qtbot, cap, b"sks dog, grass, outdoors")
+    tab.undo()
+    wait_file(qtbot, cap, b"sks dog, grass")
+    qtbot.waitUntil(lambda: panel.editor.caption_text() == "sks dog, grass", timeout=5000)   # undo still shows
+
+
 def test_find_replace_and_prefix_across_folders_with_counts_and_undo(qtbot, make_tab, tmp_path):
     img = dataset(tmp_path)
     dog, cat = img / "10_sks dog", img / "2_cat"
