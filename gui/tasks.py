@@ -176,11 +176,11 @@ class Task:
     def _release(self) -> None:
         Task._running.discard(self)
         owner, self._owner = self._owner, None
-        if owner is not None and not self.cancelled:
+        if owner is not None:   # the connection would keep this task alive as long as its owner
             try:
                 owner.destroyed.disconnect(self.cancel)
             except (RuntimeError, TypeError):
-                pass  # already gone or not connected any more
+                pass  # the owner is gone already
 
     @Slot(object)
     def _deliver_done(self, value) -> None:
