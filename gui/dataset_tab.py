@@ -17,150 +17,46 @@ from __future__ import annotations
 
 from html import escape
 import json
-import os
 import re
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QModelIndex, QObject, Qt, QThread, QThreadPool, QTimer, Signal
-from PySide6.QtGui import QAction, QKeySequence, QPixmap, QUndoStack
-from PySide6.QtWidgets import (QApplication, QComboBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSplitter,
-                               QStackedWidget, QTabWidget, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtCore import QEvent, QModelIndex, Signal
+from PySide6.QtGui import QKeySequence, QPixmap, QUndoStack
+from PySide6.QtWidgets import QApplication, QWidget
 
 from patina.core.atomic import atomic_write_text
 from patina.core.dataset.captions import normalize_extension, read_caption, tag_frequency
 from patina.core.dataset.folders import scan_dataset
-from patina.core.dataset.images import ImageCheck, probe_image
+from patina.core.dataset.listing import ImageItem, list_dataset
 from patina.core.errors import PatinaError
 from patina.core.paths import user_config_dir
-from patina.gui.caption_editor import (APPLIED, MISSING, SCOPE_FOLDER, UNCHANGED, BatchPanel, CaptionChange,
-                                CaptionCommand, CaptionPanel, CaptionStore, TagFrequencyPanel, add_postfix,
-                                add_prefix, replace_text)
-from patina.gui.image_grid import ImageFilterProxy, ImageGridView, ImageItem, ImageListModel, ItemRole, list_dataset
+from patina.gui.caption_editor import AUTOSAVE_TAG, CaptionStore
+from patina.gui.dataset_batch import BatchCaptionEdits
+from patina.gui.dataset_checker import DatasetChecker
+from patina.gui.dataset_layout import SOURCE_REG, SOURCE_TRAIN, DatasetTabLayout
+from patina.gui.image_grid import ImageFilterProxy, ImageListModel, ItemRole
 from patina.gui.thumbnails import THUMB_PX, ThumbnailLoader
-from patina.gui.widgets import ERROR_COLOR, Banner
+from patina.gui.widgets import ERROR_COLOR
 from patina.gui.wizard_dialog import FolderWizardDialog
 
 PREVIEW_PX = 1024
 STATE_FILE = "dataset_tab.json"
 
-CONVENTION_HTML = (
-    "Training reads the images in <b>subfolders named <code>&lt;repeats&gt;_&lt;name&gt;</code></b> of the "
-    "image folder, for example <code>img/40_sks dog/</code>. Each image in <code>40_sks dog</code> is trained "
-    "40 times per epoch, and <code>sks dog</code> is its caption when it has no caption file.<br><br>"
-    "Set the <b>Image folder</b> to the folder that <i>holds</i> those subfolders (<code>img</code>), not to "
-    "a subfolder itself. Starting from a plain folder of pictures? The wizard builds the layout for you "
-    "(your originals are only read).")
-
-
-# --- background check: captions first, then a full decode of every image ----------------------------------
-
-class DatasetChecker(QObject):
-    """Reads every caption, then checks every image with ``probe_image``, on one background thread.
-
-    Results come back in batches tagged with a generation number, so a folder switch simply ignores the
-    old run. Check results are remembered by (path, modification time, size) for the session.
-    """
-
-    captions = Signal(int, object)   # gen, {image path: (text or None, warning)}  (object: no QVariant copy)
-    checks = Signal(int, object)     # gen, [ImageCheck]
-    progress = Signal(int, int, int)  # gen, done, total
-    finished = Signal(int)
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self._pool = QThreadPool()
-        self._pool.setMaxThreadCount(1)
-        self._gen = 0
-        self._lock = threading.Lock()
-        self._cache: dict[tuple[str, int, int], ImageCheck] = {}
-
-    @property
-    def generation(self) -> int:
-        return self._gen
-
-    def start(self, items: list[ImageItem]) -> int:
-        with self._lock:
-            self._gen += 1
-            gen = self._gen
-        work = [(str(it.path), it.caption_file, it.has_caption) for it in items]
-        self._pool.start(lambda: self._run(gen, work))
-        return gen
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._gen += 1
-
-    def _live(self, gen: int) -> bool:
-        return gen == self._gen
-
-    def shutdown(self) -> None:
-        self.cancel()
-        self._pool.waitForDone(10000)
-
-    def _run(self, gen: int, work: list[tuple[str, Path, bool]]) -> None:
-        QThread.currentThread().setPriority(QThread.Priority.LowPriority)  # honoured where the OS allows
-        batch: dict = {}
-        last = time.monotonic()
-        for path, cap, has in work:
-            if not self._live(gen):
-                return
-            if has:
-                try:
-                    c = read_caption(cap)
-                    batch[path] = (c.text, c.warning)
-                except FileNotFoundError:
-                    batch[path] = (None, None)
-                except OSError as exc:
-                    batch[path] = ("", f"{cap}: cannot be read ({exc.strerror or exc})")
-            else:
-                batch[path] = (None, None)
-            if len(batch) >= 500 or time.monotonic() - last > 0.1:
-                self.captions.emit(gen, batch)
-                batch, last = {}, time.monotonic()
-        if batch and self._live(gen):
-            self.captions.emit(gen, batch)
-
-        total = len(work)
-        checks: list[ImageCheck] = []
-        last = time.monotonic()
-        self.progress.emit(gen, 0, total)
-        for done, (path, _cap, _has) in enumerate(work, 1):
-            if not self._live(gen):
-                return
-            try:
-                st = os.stat(path)
-                key = (path, st.st_mtime_ns, st.st_size)
-            except OSError:
-                key = None
-            check = self._cache.get(key) if key else None
-            if check is None:
-                check = probe_image(path)
-                if key:
-                    self._cache[key] = check
-            checks.append(check)
-            now = time.monotonic()
-            if len(checks) >= 200 or now - last > 0.15:
-                self.checks.emit(gen, checks)
-                self.progress.emit(gen, done, total)
-                checks, last = [], now
-        if self._live(gen):
-            if checks:
-                self.checks.emit(gen, checks)
-            self.progress.emit(gen, total, total)
-            self.finished.emit(gen)
-
 
 # --- the tab -------------------------------------------------------------------------------------------------
 
-SOURCE_TRAIN = "train"
-SOURCE_REG = "reg"
 
 
-class DatasetTab(QWidget):
-    """Browse a kohya-style image folder and edit its captions."""
+class DatasetTab(DatasetTabLayout, BatchCaptionEdits, QWidget):
+    """Browse a kohya-style image folder and edit its captions.
+
+    Why this class is ~500 lines: it is the one place that ties the grid, the caption panel, the
+    background check, the thumbnail loaders and the caption store together (folder switches, selection,
+    undo, filter and counters all touch several of them). Its widgets (:mod:`~patina.gui.dataset_layout`),
+    batch edits (:mod:`~patina.gui.dataset_batch`) and background check (:mod:`~patina.gui.dataset_checker`)
+    live in their own modules.
+    """
 
     folders_prepared = Signal(dict)
 
@@ -198,147 +94,6 @@ class DatasetTab(QWidget):
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)
-
-    # --- UI -----------------------------------------------------------------------------------------
-    def _build_ui(self) -> None:
-        self.source_combo = QComboBox(self)
-        self.source_combo.addItem("Training images", SOURCE_TRAIN)
-        self.source_combo.addItem("Regularisation images", SOURCE_REG)
-        self.source_combo.setToolTip("Browse the training images or the regularisation images")
-        self.source_combo.setVisible(False)   # only when a regularisation folder is set
-        self.folder_combo = QComboBox(self)
-        self.folder_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
-        self.folder_combo.setMinimumContentsLength(14)
-        self.folder_combo.setToolTip("Show the images of one concept folder, or of all of them")
-        self.filter_edit = QLineEdit(self)
-        self.filter_edit.setPlaceholderText("Filter by caption text or file name (commas: all must match)")
-        self.filter_edit.setClearButtonEnabled(True)
-        self.filter_edit.setMinimumWidth(220)
-        self.counter = QLabel(self)
-        self.counter.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-
-        self.undo_action = QAction("Undo", self)
-        self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
-        self.redo_action = QAction("Redo", self)
-        self.redo_action.setShortcut(QKeySequence.StandardKey.Redo)
-        self.prev_action = QAction("Previous image", self)
-        self.prev_action.setShortcut(QKeySequence("Alt+Up"))
-        self.next_action = QAction("Next image", self)
-        self.next_action.setShortcut(QKeySequence("Alt+Down"))
-        for a in (self.undo_action, self.redo_action, self.prev_action, self.next_action):
-            a.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-            self.addAction(a)
-        self.undo_action.setEnabled(False)
-        self.redo_action.setEnabled(False)
-        self.undo_button = QToolButton(self)
-        self.undo_button.setDefaultAction(self.undo_action)
-        self.redo_button = QToolButton(self)
-        self.redo_button.setDefaultAction(self.redo_action)
-        self.reload_button = QPushButton("Reload", self)
-        self.reload_button.setToolTip("Read the folder again (after adding or removing files elsewhere)")
-        self.wizard_button = QPushButton("Prepare folders…", self)
-        self.wizard_button.setToolTip("Build the img/N_name, reg, model and log folders from a plain folder of images")
-
-        top = QHBoxLayout()
-        top.setSpacing(8)
-        top.addWidget(self.source_combo)
-        self.folder_label = QLabel("Folder:", self)
-        top.addWidget(self.folder_label)
-        top.addWidget(self.folder_combo)
-        top.addWidget(self.filter_edit, 1)
-        top.addSpacing(8)
-        top.addWidget(self.counter)
-        top.addStretch(0)   # keeps the buttons at their size while the filter box is hidden
-        top.addSpacing(8)
-        top.addWidget(self.undo_button)
-        top.addWidget(self.redo_button)
-        top.addWidget(self.reload_button)
-        top.addWidget(self.wizard_button)
-
-        self.banner = Banner(self)
-
-        # empty state
-        self.empty = QWidget(self)
-        self.empty_title = QLabel(self.empty)
-        font = self.empty_title.font()
-        font.setPointSizeF(font.pointSizeF() * 1.4)
-        font.setBold(True)
-        self.empty_title.setFont(font)
-        self.empty_problem = QLabel(self.empty)
-        self.empty_problem.setWordWrap(True)
-        self.empty_problem.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.empty_problem.setStyleSheet(f"color: {ERROR_COLOR};")
-        self.empty_text = QLabel(CONVENTION_HTML, self.empty)
-        self.empty_text.setWordWrap(True)
-        self.empty_text.setTextFormat(Qt.TextFormat.RichText)
-        self.empty_wizard = QPushButton("Prepare training folders…", self.empty)
-        self.empty_wizard.setDefault(True)
-        self.empty_wizard.setMinimumHeight(self.empty_wizard.sizeHint().height() + 10)
-        self.empty_wizard.setStyleSheet("padding: 4px 16px;")
-        box = QWidget(self.empty)
-        box.setMaximumWidth(640)
-        bl = QVBoxLayout(box)
-        bl.setSpacing(12)
-        bl.addWidget(self.empty_title)
-        bl.addWidget(self.empty_problem)
-        bl.addWidget(self.empty_text)
-        row = QHBoxLayout()
-        row.addWidget(self.empty_wizard)
-        row.addStretch(1)
-        bl.addLayout(row)
-        el = QVBoxLayout(self.empty)
-        el.addStretch(1)
-        eh = QHBoxLayout()
-        eh.addStretch(1)
-        eh.addWidget(box, 3)
-        eh.addStretch(1)
-        el.addLayout(eh)
-        el.addStretch(2)
-
-        # grid + details
-        self.grid = ImageGridView(self)
-        self.grid.setModel(self.proxy)
-        self.model.device_pixel_ratio = self.devicePixelRatioF()
-        self.caption_panel = CaptionPanel(self.store, self.undo_stack, self)
-        self.batch_panel = BatchPanel(self)
-        self.tag_panel = TagFrequencyPanel(self)
-        self.side = QTabWidget(self)
-        self.side.setDocumentMode(True)
-        self.side.addTab(self.caption_panel, "Caption")
-        self.side.addTab(self.batch_panel, "All captions")
-        self.side.addTab(self.tag_panel, "Tag frequency")
-        side_box = QWidget(self)
-        sl = QVBoxLayout(side_box)
-        sl.setContentsMargins(8, 0, 0, 0)
-        sl.addWidget(self.side)
-        self.splitter = QSplitter(Qt.Orientation.Horizontal, self)
-        self.splitter.setChildrenCollapsible(False)
-        self.splitter.addWidget(self.grid)
-        self.splitter.addWidget(side_box)
-        self.splitter.setStretchFactor(0, 3)
-        self.splitter.setStretchFactor(1, 2)
-        self.grid.setMinimumWidth(300)
-        side_box.setMinimumWidth(380)
-        self.splitter.setSizes([760, 480])
-
-        self.stack = QStackedWidget(self)
-        self.stack.addWidget(self.empty)
-        self.stack.addWidget(self.splitter)
-        self.status = QLabel(self)
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(8, 8, 8, 6)
-        layout.setSpacing(6)
-        layout.addLayout(top)
-        layout.addWidget(self.banner)
-        layout.addWidget(self.stack, 1)
-        layout.addWidget(self.status)
-
-        self._filter_timer = QTimer(self, singleShot=True, interval=150)
-        self._counter_timer = QTimer(self, singleShot=True, interval=80)
-        self._tags_timer = QTimer(self, singleShot=True, interval=250)
 
     def _wire(self) -> None:
         self.model.request_thumbnail = self.thumbs.request
@@ -696,12 +451,14 @@ class DatasetTab(QWidget):
     def _on_written(self, tag, result) -> None:
         self.model.set_captions(result.captions)
         item = self.caption_panel.item
-        if item is not None and str(item.path) in result.captions:
+        # An autosave's result is the text the editor had when it was saved; the editor may hold a newer
+        # edit by now, which showing the older text would undo (and the next edit would build on it).
+        if item is not None and str(item.path) in result.captions and tag != AUTOSAVE_TAG:
             self.caption_panel.reload_text(result.captions[str(item.path)][0])
         if result.errors:
             more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
             self._set_status(result.errors[0] + more, error=True)
-            if tag == "edit":
+            if tag in ("edit", AUTOSAVE_TAG):
                 self.caption_panel.show_write_error(result.errors[0])
         if isinstance(tag, tuple) and tag[0] == "batch":
             self._finish_batch(tag, result)
@@ -716,131 +473,9 @@ class DatasetTab(QWidget):
     def _on_write_progress(self, done: int, total: int) -> None:
         self._set_status(f"Writing captions {done:,} / {total:,}…")
 
-    def _on_prefix(self, text: str, as_tag: bool, scope: str) -> None:
-        self.add_to_captions(text, as_tag, scope, at_start=True)
-
-    def _on_postfix(self, text: str, as_tag: bool, scope: str) -> None:
-        self.add_to_captions(text, as_tag, scope, at_start=False)
-
     def _save_now(self) -> None:
         self.flush()
         self._set_status("All caption edits are saved.")
-
-    def _scope_items(self, scope: str) -> list[ImageItem]:
-        folder = self._scope_folder() if scope == SCOPE_FOLDER else None
-        return [it for it in self.model.items() if folder is None or it.folder == folder]
-
-    def _scope_folder(self) -> str | None:
-        if self.proxy.folder is not None:
-            return self.proxy.folder
-        item = self.caption_panel.item
-        return item.folder if item is not None else None
-
-    def replace_in_captions(self, find: str, replacement: str, match_case: bool = False,
-                            scope: str = SCOPE_FOLDER) -> None:
-        """Replace *find* in every caption file of the scope (one undo step)."""
-        if not find:
-            return
-
-        def transform(text: str):
-            new, n = replace_text(text, find, replacement, match_case)
-            return (new, n) if n else (None, 0)
-
-        self._run_batch(scope, transform, ("replace", find, replacement))
-
-    def add_to_captions(self, text: str, as_tag: bool = True, scope: str = SCOPE_FOLDER, *,
-                        at_start: bool = True) -> None:
-        """Add *text* to the start (or end) of every caption file of the scope (one undo step)."""
-        if not text.strip(" ,"):
-            self.batch_panel.show_result("Type the text to add first.", error=True)
-            return
-        fn = add_prefix if at_start else add_postfix
-        self._run_batch(scope, lambda old: (fn(old, text, as_tag), 1), ("prefix" if at_start else "postfix", text))
-
-    def _run_batch(self, scope: str, transform, what: tuple) -> None:
-        if self._batch_running:
-            return
-        self.flush()
-        items = self._scope_items(scope)
-        if not items:
-            self.batch_panel.show_result("No images in this folder.", error=True)
-            return
-        changes = [CaptionChange(it.path, it.caption_file, transform=transform, create=False) for it in items]
-        self._submit_batch(changes, what)
-
-    def _submit_batch(self, changes: list, what: tuple) -> None:
-        self._create_offer = None
-        self.batch_panel.offer_create(0)
-        self._batch_running = True
-        self._set_batch_busy(True)
-        self.batch_panel.show_result(f"Working on {len(changes):,} captions…")
-        self.store.submit(changes, True, tag=("batch", what, changes))
-
-    def create_missing_captions(self) -> None:
-        """Create the caption files a batch edit left alone: each starts from its folder's name (instance
-        and class, e.g. "sks dog", what training uses for it now) with the same edit applied. Only on
-        the user's click; one undo step."""
-        offer, self._create_offer = self._create_offer, None
-        self.batch_panel.offer_create(0)
-        if not offer or self._batch_running:
-            return
-        self.flush()
-
-        def starting_from(tokens: str, transform):
-            def make(old: str):
-                base = old if old.strip() else tokens
-                new, count = transform(base)
-                return (base if new is None else new), max(1, count)
-            return make
-
-        changes = [CaptionChange(it.path, it.caption_file, transform=starting_from(it.tokens, tr), create=True)
-                   for it, tr in offer if not it.caption_file.exists()]
-        if changes:
-            self._submit_batch(changes, ("create", len(changes)))
-
-    def _finish_batch(self, tag, result) -> None:
-        _kind, what, changes = tag
-        self._batch_running = False
-        self._set_batch_busy(False)
-        applied = [c for c in changes if c.state == APPLIED]
-        unchanged = sum(1 for c in changes if c.state == UNCHANGED)
-        missing = sum(1 for c in changes if c.state == MISSING)
-        if what[0] == "create":
-            label = f"Create {len(applied)} caption files"
-            msg = f"Created {len(applied)} caption file(s) from the folder names."
-        elif what[0] == "replace":
-            _k, find, repl = what
-            label = f"Replace “{_short(find)}” with “{_short(repl)}” in {len(applied)} captions"
-            if applied:
-                msg = f"Replaced “{find}” {result.count} times in {len(applied)} caption(s)."
-            else:
-                msg = f"No caption contains “{find}”."
-        else:
-            kind, text = what
-            where = "start" if kind == "prefix" else "end"
-            label = f"Add “{_short(text)}” to the {where} of {len(applied)} captions"
-            msg = f"Added “{text}” to the {where} of {len(applied)} caption(s)."
-            if unchanged:
-                msg += f" {unchanged} already had it."
-        if missing:
-            msg += f" {missing} image(s) without a caption file were left alone."
-            by_path = {str(it.path): it for it in self.model.items()}
-            self._create_offer = [(by_path[str(c.image)], c.transform) for c in changes
-                                  if c.state == MISSING and str(c.image) in by_path]
-            self.batch_panel.offer_create(len(self._create_offer))
-        if result.errors:
-            msg += f" {len(result.errors)} file(s) could not be changed: {result.errors[0]}"
-        if applied:
-            msg += " Undo with Ctrl+Z."
-            self.undo_stack.push(CaptionCommand(self.store, applied, label, applied=True, tag="undo"))
-        self.batch_panel.show_result(msg, error=bool(result.errors))
-        self._set_status(msg, error=bool(result.errors))
-        self.last_batch_result = (len(applied), result.count, unchanged, missing)
-
-    def _set_batch_busy(self, busy: bool) -> None:
-        self.batch_panel.set_busy(busy)
-        self.caption_panel.set_read_only(busy)
-        self._sync_undo_actions()
 
     def _sync_undo_actions(self, *_args) -> None:
         s = self.undo_stack
@@ -937,9 +572,6 @@ class DatasetTab(QWidget):
         self.status.setText(text)
         self.status.setStyleSheet(f"color: {ERROR_COLOR};" if error else "color: palette(placeholder-text);")
 
-
-def _short(text: str, n: int = 30) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _code(html: str) -> str:

@@ -2,25 +2,20 @@
 proxy (concept folder + caption text), a delegate that paints thumbnails with their badges, and the
 ``QListView`` in icon mode that shows them.
 
-Listing a folder only reads names (``os.scandir``); captions, image checks and thumbnails arrive later
+The rows come from :func:`patina.core.dataset.listing.list_dataset`, which reads only names; captions, image checks and thumbnails arrive later
 from background threads and update single rows. Nothing here writes a file.
 """
 
 from __future__ import annotations
 
 from html import escape
-import os
 from collections import OrderedDict
-from dataclasses import dataclass
-from pathlib import Path
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QPoint, QRect, QSize, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate
 
-from patina.core.dataset.captions import caption_path, normalize_extension
-from patina.core.dataset.folders import parse_concept_folder
-from patina.core.dataset.images import ImageCheck, is_image_name
+from patina.core.dataset.listing import ImageItem
 
 TILE_PX = 128            # thumbnail box in the grid (logical pixels)
 _PAD = 8
@@ -31,86 +26,6 @@ REJECT_COLOR = QColor("#c62828")
 NO_CAPTION_COLOR = QColor("#b26a00")
 
 ItemRole = Qt.ItemDataRole.UserRole + 1
-
-
-# --- listing ----------------------------------------------------------------------------------------
-
-@dataclass
-class ImageItem:
-    path: Path
-    folder: str                   # the concept folder's name, e.g. "10_sks dog"
-    tokens: str                   # the folder's caption tokens ("sks dog"), used when there is no caption
-    caption_file: Path
-    has_caption: bool
-    caption: str | None = None    # caption text; None until read (the background pass reads it)
-    caption_warning: str | None = None
-    check: ImageCheck | None = None  # None until the background check has decoded the image
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def rejected(self) -> bool:
-        return self.check is not None and not self.check.ok
-
-    @property
-    def reason(self) -> str:
-        return self.check.reason if self.rejected else ""
-
-
-@dataclass
-class ConceptFolder:
-    path: Path
-    name: str
-    repeats: int
-    tokens: str
-    count: int = 0
-
-
-def _visible_entries(path: Path) -> list[os.DirEntry]:
-    with os.scandir(path) as it:
-        entries = [e for e in it if not e.name.startswith(".")]
-    entries.sort(key=lambda e: e.name.lower())
-    return entries
-
-
-def list_dataset(root: str | os.PathLike, caption_extension: str) -> tuple[list[ConceptFolder], list[ImageItem]]:
-    """The concept folders (``N_name``) directly in *root* and the images in each, by name.
-
-    Only names are read. Raises ``OSError`` when *root* cannot be listed.
-    """
-    ext = normalize_extension(caption_extension)
-    folders: list[ConceptFolder] = []
-    items: list[ImageItem] = []
-    for entry in _visible_entries(Path(root)):
-        parsed = parse_concept_folder(entry.name)
-        try:
-            if parsed is None or not entry.is_dir():
-                continue
-        except OSError:
-            continue
-        folder = ConceptFolder(Path(entry.path), entry.name, parsed[0], parsed[1].strip())
-        try:
-            files = _visible_entries(folder.path)
-        except OSError:
-            folders.append(folder)
-            continue
-        names = {os.path.normcase(f.name) for f in files}
-        for f in files:
-            if not is_image_name(f.name):
-                continue
-            try:
-                if not f.is_file():
-                    continue
-            except OSError:
-                continue
-            img = Path(f.path)
-            cap = caption_path(img, ext)
-            items.append(ImageItem(img, folder.name, folder.tokens, cap, os.path.normcase(cap.name) in names))
-            folder.count += 1
-        folders.append(folder)
-    return folders, items
 
 
 # --- model --------------------------------------------------------------------------------------------

@@ -116,12 +116,9 @@ def _start_gui(argv: list[str]) -> int:
     try:
         from patina.gui.app import run_app  # noqa: WPS433 (lazy on purpose)
     except ModuleNotFoundError as exc:
-        if exc.name not in ("patina.gui.app",):
-            report_startup_failure(f"patina: the window could not start: {exc}.\nRun the installer again to "
-                                   f"repair the environment.\n\n{traceback.format_exc()}")
-            return 1
-        from patina.core.cli import main as cli_main
-        return cli_main(argv)
+        report_startup_failure(f"patina: the window could not start: {exc}.\nRun the installer again to "
+                               f"repair the environment.\n\n{traceback.format_exc()}")
+        return 1
     try:
         return run_app(argv)
     except Exception as exc:  # noqa: BLE001 - anything that stops the window from starting is reported

@@ -1,5 +1,6 @@
-"""Patina's main window: the configuration bar, the Dataset / Training / Monitor tabs, and the document
-life cycle (new, open, save, presets, recent files, unsaved changes, last session)."""
+"""Patina's main window: the configuration bar, the Dataset / Training / Monitor tabs, the last session,
+and the document life cycle (new, open, save, presets, recent files, unsaved changes; in
+:mod:`patina.gui.config_document`)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,24 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from PySide6.QtCore import QByteArray, Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QAction, QDesktopServices, QFont, QIcon, QKeySequence
-from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QMainWindow,
-                               QMenu, QMessageBox, QPlainTextEdit, QPushButton, QSizePolicy, QStyle, QTabWidget,
-                               QToolBar, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtCore import QByteArray, Qt, QTimer
+from PySide6.QtGui import QAction, QIcon, QKeySequence
+from PySide6.QtWidgets import (QLabel, QMainWindow, QMenu, QMessageBox, QSizePolicy, QStyle, QTabWidget, QToolBar,
+                               QToolButton)
 
 from patina.core import __version__
-from patina.core.config.files import (LoadResult, apply_preset, format_load_report, list_presets, read_config, save_config,
-                         save_user_preset, write_kohya)
-from patina.core.errors import PatinaError
 from patina.core.config.schema import BY_KEY, defaults
-from patina.core.paths import resources_dir, user_presets_dir
-from patina.gui.monitor_tab import REQUIRED_TO_START, MonitorTab
-from patina.gui.param_pages import ParamForm, problem_text
+from patina.core.paths import resources_dir
+from patina.gui.config_document import ConfigDocument
+from patina.gui.dataset_tab import DatasetTab
+from patina.gui.monitor_tab import MonitorTab
+from patina.gui.param_pages import problem_text
 from patina.gui.state import GuiState, load_state, save_state
+from patina.gui.tasks import run_task
+from patina.gui.training_tab import TrainingTab
 
 TABS = ("dataset", "training", "monitor")
 TAB_TITLES = {"dataset": "Dataset", "training": "Training", "monitor": "Monitor"}
-CONFIG_FILTER = "Patina or kohya_ss config (*.json);;All files (*)"
 DATASET_KEYS = ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir")
 
 
@@ -42,117 +42,7 @@ def app_icon() -> QIcon:
     return icon
 
 
-class ReportDialog(QDialog):
-    """A readable, copyable report (what a loaded file contained, what was not carried over)."""
-
-    def __init__(self, title: str, heading: str, text: str, parent=None):
-        super().__init__(parent)
-        self.setWindowTitle(title)
-        self.report_text = text
-        layout = QVBoxLayout(self)
-        head = QLabel(heading, self)
-        head.setWordWrap(True)
-        layout.addWidget(head)
-        body = QPlainTextEdit(self)
-        body.setReadOnly(True)
-        body.setPlainText(text)
-        body.setFont(QFont("monospace"))
-        body.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
-        layout.addWidget(body, 1)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok, self)
-        buttons.accepted.connect(self.accept)
-        layout.addWidget(buttons)
-        self.resize(720, 460)
-
-
-class _Placeholder(QWidget):
-    def __init__(self, title: str, text: str, parent=None):
-        super().__init__(parent)
-        layout = QVBoxLayout(self)
-        layout.addStretch(1)
-        head = QLabel(f"<h2>{title}</h2>", self)
-        head.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        body = QLabel(text, self)
-        body.setWordWrap(True)
-        body.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        body.setStyleSheet("color: palette(placeholder-text);")
-        layout.addWidget(head)
-        layout.addWidget(body)
-        layout.addStretch(2)
-
-
-def make_dataset_tab(parent=None) -> tuple[QWidget, bool]:
-    """The Dataset tab, imported lazily; a placeholder when the module is missing or fails to load."""
-    try:
-        from patina.gui.dataset_tab import DatasetTab  # noqa: WPS433
-        return DatasetTab(parent), True
-    except Exception as exc:  # noqa: BLE001 - the window must open whatever the Dataset tab's state
-        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "patina.gui.dataset_tab"
-        text = ("Dataset preparation is not available in this build." if missing else
-                f"The Dataset tab could not be loaded ({type(exc).__name__}: {exc}). Training still works: "
-                "set the image folder on the Training tab.")
-        return _Placeholder("Dataset", text, parent), False
-
-
-class TrainingTab(QWidget):
-    """The parameter pages plus a footer with the problem count and a Start button."""
-
-    start_requested = Signal()
-
-    def __init__(self, parent=None, *, detect_family: bool = True):
-        super().__init__(parent)
-        self.form = ParamForm(self, detect_family=detect_family)
-        self.summary = QLabel(self)
-        self.summary.setTextFormat(Qt.TextFormat.RichText)
-        self.summary.linkActivated.connect(self._jump)
-        self.start_button = QPushButton("Start training…", self)
-        self.start_button.setObjectName("trainingStart")
-        bold = self.start_button.font()
-        bold.setBold(True)
-        self.start_button.setFont(bold)
-        self.start_button.setMinimumWidth(150)
-        self.start_button.setMinimumHeight(30)
-        self.start_button.setToolTip("Check everything, show the plan, then train (progress on the Monitor tab)")
-        self.start_button.clicked.connect(self.start_requested)
-        footer = QHBoxLayout()
-        footer.setContentsMargins(12, 6, 12, 8)
-        footer.addWidget(self.summary, 1)
-        footer.addWidget(self.start_button)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(0)
-        layout.addWidget(self.form, 1)
-        layout.addLayout(footer)
-        self.form.problems_changed.connect(self._update_summary)
-        self._update_summary(self.form.problems())
-
-    def _update_summary(self, problems) -> None:
-        errs = [p for p in problems if p.severity == "error"]
-        warns = [p for p in problems if p.severity != "error"]
-        vals = self.form.values()
-        missing = [k for k in REQUIRED_TO_START if not str(vals.get(k, "")).strip()]
-        if errs:
-            self.summary.setText(f"<span style='color:#c62828'>● {len(errs)} setting(s) need fixing</span> — "
-                                 f"<a href='{errs[0].key}'>show the first</a>")
-        elif warns:
-            self.summary.setText(f"<span style='color:#9a6200'>● {len(warns)} warning(s)</span> — "
-                                 f"<a href='{warns[0].key}'>show</a>")
-        elif missing:
-            names = ", ".join(BY_KEY[k].label for k in missing)
-            self.summary.setText(f"● To train, set: {names} — <a href='{missing[0]}'>go there</a>")
-        else:
-            self.summary.setText("<span style='color:#2e7d32'>● All settings are valid.</span>")
-
-    def _jump(self, key: str) -> None:
-        if key in BY_KEY:
-            self.form.focus_field(key)
-
-    def set_running(self, running: bool) -> None:
-        self.start_button.setEnabled(not running)
-        self.start_button.setText("Training is running" if running else "Start training…")
-
-
-class MainWindow(QMainWindow):
+class MainWindow(ConfigDocument, QMainWindow):
     """The main window. ``engine_fn``/``plan_fn`` replace the training engine (tests); ``restore_session``
     reopens the last config file and the window's geometry, tab and page."""
 
@@ -177,9 +67,8 @@ class MainWindow(QMainWindow):
         self.training = TrainingTab(self, detect_family=detect_family)
         self.form = self.training.form
         self.monitor = MonitorTab(self, engine_fn=engine_fn, plan_fn=plan_fn, config_source=self._config_for_run)
-        self.dataset_tab, self.has_dataset_tab = make_dataset_tab(self)
-        if hasattr(self.dataset_tab, "batch_size_source"):
-            self.dataset_tab.batch_size_source = lambda: self.form.fields["train_batch_size"].getter()
+        self.dataset_tab = DatasetTab(self)
+        self.dataset_tab.batch_size_source = lambda: self.form.fields["train_batch_size"].getter()
         self.tabs = QTabWidget(self)
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.dataset_tab, TAB_TITLES["dataset"])
@@ -201,8 +90,7 @@ class MainWindow(QMainWindow):
         self.monitor.fix_requested.connect(self.apply_fix)
         self.monitor.running_changed.connect(self._running_changed)
         self.monitor.finished.connect(self._run_finished)
-        if self.has_dataset_tab and hasattr(self.dataset_tab, "folders_prepared"):
-            self.dataset_tab.folders_prepared.connect(self.apply_prepared_folders)
+        self.dataset_tab.folders_prepared.connect(self.apply_prepared_folders)
         self._dataset_timer = QTimer(self)
         self._dataset_timer.setSingleShot(True)
         self._dataset_timer.setInterval(300)
@@ -220,19 +108,15 @@ class MainWindow(QMainWindow):
     def _start_probe(self) -> None:
         if self._probing or not self._probe_device:
             return
-        from patina.gui.worker import BackgroundCall
-
         self._probing = True
-        BackgroundCall(_machine_defaults).start(self._machine_known, lambda exc: None)
+        # Without the probe the defaults stay as they are: nothing for the user to act on, so no report.
+        run_task(_machine_defaults, on_done=self._machine_known, on_error=lambda exc: None, owner=self)
 
     def _machine_known(self, result: tuple[dict, str]) -> None:
         """The device is known: a new, untouched config takes the defaults this machine can run."""
-        try:
-            self.machine_defaults = result
-            if self.path is None and self.imported_from is None and not self._dirty:
-                self._apply_machine_defaults()
-        except RuntimeError:  # the window was closed meanwhile
-            pass
+        self.machine_defaults = result
+        if self.path is None and self.imported_from is None and not self._dirty:
+            self._apply_machine_defaults()
 
     def _apply_machine_defaults(self) -> None:
         changes, note = self.machine_defaults or ({}, "")
@@ -248,37 +132,17 @@ class MainWindow(QMainWindow):
     # -- construction -------------------------------------------------------------------------------------
 
     def _start_device_notice(self) -> None:
-        """A one-line notice in the status bar when training would run on the CPU (checked on a worker
+        """A one-line notice in the status bar when training would run on the CPU (checked off the GUI
         thread, without importing torch)."""
-        import threading
-
-        from PySide6.QtCore import QObject, Signal
-
-        class _Notice(QObject):
-            found = Signal(str)
+        from patina.gui.device_notice import cpu_training_reason
 
         self.device_label = QLabel(self)
         self.device_label.setStyleSheet("color: #b26a00; padding: 0 8px;")
         self.device_label.hide()
         self.statusBar().addWidget(self.device_label)
-        self._device_notice = _Notice(self)
-        self._device_notice.found.connect(self._show_device_notice)
-        notice = self._device_notice
-
-        def work():
-            from patina.gui.device_notice import cpu_training_reason
-
-            try:
-                reason = cpu_training_reason()
-            except Exception:  # noqa: BLE001 - a notice is not worth an error
-                reason = None
-            if reason:
-                try:
-                    notice.found.emit(reason)
-                except RuntimeError:  # the window is gone
-                    pass
-
-        threading.Thread(target=work, name="patina-device-notice", daemon=True).start()
+        # A notice is not worth an error: a failed check shows nothing.
+        run_task(cpu_training_reason, owner=self, on_error=lambda exc: None,
+                 on_done=lambda reason: reason and self._show_device_notice(reason))
 
     def _show_device_notice(self, text: str) -> None:
         self.device_label.setText("⚠ " + text)
@@ -361,308 +225,6 @@ class MainWindow(QMainWindow):
         help_menu = mb.addMenu("&Help")
         help_menu.addAction(self.act_about)
 
-    # -- document state --------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _comparable(values: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in values.items() if not k.startswith("_")}
-
-    def values(self) -> dict[str, Any]:
-        return self.form.values()
-
-    def is_dirty(self) -> bool:
-        return self._dirty
-
-    def _mark_clean(self) -> None:
-        self._saved = self._comparable(self.form.values())
-        self._set_dirty(False)
-
-    def _set_dirty(self, dirty: bool) -> None:
-        self._dirty = dirty
-        self._update_title()
-
-    def _form_changed(self) -> None:
-        self._set_dirty(self._comparable(self.form.values()) != self._saved)
-        self._dataset_timer.start()
-
-    def document_name(self) -> str:
-        if self.path is not None:
-            return self.path.name
-        if self.imported_from is not None:
-            return f"{self.imported_from.name} (imported from kohya_ss)"
-        return "Untitled"
-
-    def _update_title(self) -> None:
-        self.setWindowTitle(f"{self.document_name()}{'*' if self._dirty else ''} — Patina")
-        if hasattr(self, "path_label"):
-            self.path_label.setText(str(self.path) if self.path else "not saved yet")
-
-    def _config_for_run(self) -> dict[str, Any]:
-        self.flush_dataset_tab()
-        return self.form.values()
-
-    # -- new / open / save ------------------------------------------------------------------------------------
-
-    def maybe_save(self, action: str = "continuing") -> bool:
-        """Ask Save / Discard / Cancel when there are unsaved changes. True means go ahead."""
-        self.flush_dataset_tab()
-        if not self._dirty:
-            return True
-        answer = QMessageBox.question(
-            self, "Unsaved changes",
-            f"The settings in “{self.document_name()}” have changed. Save them before {action}?",
-            QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
-            QMessageBox.StandardButton.Save)
-        if answer == QMessageBox.StandardButton.Save:
-            return self.save()
-        return answer == QMessageBox.StandardButton.Discard
-
-    def new_config(self) -> None:
-        if not self.maybe_save("starting a new configuration"):
-            return
-        self.form.set_values(defaults())
-        self.path = None
-        self.imported_from = None
-        self._mark_clean()
-        self.sync_dataset_tab()
-        self.statusBar().showMessage("New configuration with the default settings.", 5000)
-        if self.machine_defaults:
-            self._apply_machine_defaults()
-        else:
-            self._start_probe()
-
-    def open_dialog(self) -> None:
-        if not self.maybe_save("opening another file"):
-            return
-        path, _ = QFileDialog.getOpenFileName(self, "Open a config", self._dialog_dir(), CONFIG_FILTER)
-        if path:
-            self.open_file(path)
-
-    def open_file(self, path: str | os.PathLike, *, quiet: bool = False) -> bool:
-        """Open a Patina config, or import a kohya_ss one. ``quiet`` reports in the status bar instead of a
-        dialog (used when the last session is restored)."""
-        path = Path(path)
-        try:
-            result = read_config(path)
-        except PatinaError as exc:
-            if quiet:
-                self.statusBar().showMessage(f"Could not reopen the last config: {exc}", 15000)
-            else:
-                QMessageBox.critical(self, "Cannot open the file", str(exc))
-            return False
-        self.form.set_values(result.values)
-        self.state.last_dir = str(path.parent)
-        report = format_load_report(result, path.name)
-        if result.kohya:
-            # Never save Patina's format over a kohya_ss file: the import is a new, unsaved document.
-            self.path = None
-            self.imported_from = path
-            self._saved = self._comparable(defaults())
-            self._set_dirty(True)
-            self._show_report("kohya_ss config imported",
-                              f"<b>{path.name}</b> is a kohya_ss config. Its settings were imported; Save writes a "
-                              "Patina config (the kohya_ss file is left as it is).", report)
-        else:
-            self.path = path
-            self.imported_from = None
-            self._mark_clean()
-            self.state.add_recent(path)
-            self._persist_state()
-            if result.problems or result.unknown:
-                if quiet:
-                    n = len(result.errors)
-                    self.statusBar().showMessage(
-                        f"Reopened {path.name}" + (f"; {n} setting(s) were invalid and were reset" if n else ""),
-                        15000)
-                else:
-                    self._show_report("Opened with problems",
-                                      f"<b>{path.name}</b> was opened, but some settings need attention. Invalid "
-                                      "settings were reset to their defaults.", report)
-            else:
-                self.statusBar().showMessage(f"Opened {path}", 5000)
-        self.sync_dataset_tab()
-        return True
-
-    def _show_report(self, title: str, heading: str, text: str) -> None:
-        ReportDialog(title, heading, text, self).exec()
-
-    def save(self) -> bool:
-        if self.path is None:
-            return self.save_as()
-        return self._write(self.path)
-
-    def save_as(self) -> bool:
-        if self.path is not None:
-            suggestion = str(self.path)
-        else:
-            stem = self.imported_from.stem + "-patina" if self.imported_from else (
-                str(self.form.values().get("output_name") or "lora"))
-            suggestion = str(Path(self._training_folder() or self._dialog_dir()) / f"{stem}.json")
-        path, _ = QFileDialog.getSaveFileName(self, "Save the config", suggestion, "Patina config (*.json)")
-        if not path:
-            return False
-        path = Path(path)
-        if path.suffix.lower() != ".json":
-            path = path.with_suffix(path.suffix + ".json") if path.suffix else path.with_suffix(".json")
-        return self._write(path)
-
-    def _write(self, path: Path) -> bool:
-        self.flush_dataset_tab()
-        values = self.form.values()
-        try:
-            save_config(path, values)
-        except (OSError, PatinaError) as exc:
-            QMessageBox.critical(self, "Cannot save", f"Could not write {path}:\n{exc}")
-            return False
-        self.path = path
-        self.imported_from = None
-        self.state.add_recent(path)
-        self.state.last_dir = str(path.parent)
-        self._mark_clean()
-        self._persist_state()
-        errs = self.form.errors()
-        note = f" — {len(errs)} setting(s) still need fixing before training" if errs else ""
-        self.statusBar().showMessage(f"Saved {path}{note}", 6000)
-        return True
-
-    def export_kohya(self) -> None:
-        stem = str(self.form.values().get("output_name") or "lora")
-        path, _ = QFileDialog.getSaveFileName(self, "Export for kohya_ss", str(Path(self._dialog_dir()) /
-                                                                              f"{stem}-kohya.json"),
-                                              "kohya_ss config (*.json)")
-        if not path:
-            return
-        try:
-            notes = write_kohya(path, self.form.values())
-        except (OSError, PatinaError, KeyError) as exc:
-            QMessageBox.critical(self, "Cannot export", f"Could not write {path}:\n{exc}")
-            return
-        msg = f"Exported {path}."
-        if notes:
-            self._show_report("Exported for kohya_ss", msg + " Notes on what kohya_ss handles differently:",
-                              "\n".join(f"- {n}" for n in notes))
-        else:
-            self.statusBar().showMessage(msg, 6000)
-
-    def _training_folder(self) -> str:
-        """The project folder around the image folder (``<training>/img`` → ``<training>``), if it exists."""
-        img = str(self.form.values().get("train_data_dir") or "").strip()
-        if not img:
-            return ""
-        parent = Path(os.path.expanduser(img)).parent
-        return str(parent) if parent.is_dir() and parent != Path(parent.anchor) else ""
-
-    def _dialog_dir(self) -> str:
-        for d in (self.state.last_dir, str(self.path.parent) if self.path else ""):
-            if d and Path(d).is_dir():
-                return d
-        return str(Path.home())
-
-    # -- presets and recent files --------------------------------------------------------------------------------
-
-    def _fill_presets_menu(self) -> None:
-        m = self.presets_menu
-        m.clear()
-        try:
-            presets = list_presets()
-        except OSError:
-            presets = []
-        builtin = [p for p in presets if p.builtin]
-        user = [p for p in presets if not p.builtin]
-        if builtin:
-            m.addSection("Built-in")
-        for p in builtin:
-            self._preset_action(m, p)
-        if user:
-            m.addSection("My presets")
-        for p in user:
-            self._preset_action(m, p)
-        if not presets:
-            a = m.addAction("No presets found")
-            a.setEnabled(False)
-        m.addSeparator()
-        m.addAction(self.act_save_preset)
-        m.addAction(self.act_open_presets)
-
-    def _preset_action(self, menu: QMenu, preset) -> QAction:
-        a = menu.addAction(preset.name)
-        if preset.description:
-            a.setToolTip(preset.description)
-            a.setStatusTip(preset.description)
-        a.triggered.connect(lambda _=False, p=preset.path: self.apply_preset_file(p))
-        return a
-
-    def apply_preset_file(self, path: str | os.PathLike) -> bool:
-        """Apply a preset onto the current settings (paths, names and prompts are kept)."""
-        try:
-            result: LoadResult = apply_preset(self.form.values(), path)
-        except PatinaError as exc:
-            QMessageBox.critical(self, "Cannot apply the preset", str(exc))
-            return False
-        self.form.set_values(result.values)
-        self._form_changed()
-        name = Path(path).stem
-        for p in list_presets():
-            if Path(p.path) == Path(path):
-                name = p.name
-        if result.errors:
-            self._show_report("Preset applied with problems", f"The preset <b>{name}</b> has invalid settings; "
-                              "they kept their defaults.", format_load_report(result, Path(path).name))
-        self.statusBar().showMessage(f"Applied preset “{name}” (your paths, names and prompts were kept).", 6000)
-        return True
-
-    def save_as_preset(self) -> None:
-        name, ok = QInputDialog.getText(self, "Save as preset",
-                                        "Preset name (the training settings are saved, not your paths):")
-        name = (name or "").strip()
-        if not ok or not name:
-            return
-        existing = [p for p in list_presets() if not p.builtin and p.name == name]
-        if existing:
-            answer = QMessageBox.question(self, "Replace preset?", f"A preset named “{name}” exists. Replace it?",
-                                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                                          QMessageBox.StandardButton.No)
-            if answer != QMessageBox.StandardButton.Yes:
-                return
-        try:
-            path = save_user_preset(name, self.form.values())
-        except (OSError, PatinaError) as exc:
-            QMessageBox.critical(self, "Cannot save the preset", str(exc))
-            return
-        self.statusBar().showMessage(f"Saved preset “{name}” to {path}", 6000)
-
-    def _open_presets_folder(self) -> None:
-        d = user_presets_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        QDesktopServices.openUrl(QUrl.fromLocalFile(str(d)))
-
-    def _fill_recent_menu(self) -> None:
-        m = self.recent_menu
-        m.clear()
-        if not self.state.recent:
-            a = m.addAction("No recent files")
-            a.setEnabled(False)
-            return
-        for i, path in enumerate(self.state.recent):
-            label = f"&{i + 1}  {Path(path).name}" if i < 9 else Path(path).name
-            a = m.addAction(label)
-            a.setToolTip(path)
-            a.setStatusTip(path)
-            a.triggered.connect(lambda _=False, p=path: self.open_recent(p))
-        m.addSeparator()
-        m.addAction("Clear recent files", self._clear_recent)
-
-    def open_recent(self, path: str) -> None:
-        if not Path(path).is_file():
-            QMessageBox.warning(self, "File not found", f"{path}\nno longer exists; it was removed from the list.")
-            self.state.remove_recent(path)
-            return
-        if self.maybe_save("opening another file"):
-            self.open_file(path)
-
-    def _clear_recent(self) -> None:
-        self.state.recent = []
-
     # -- dataset tab --------------------------------------------------------------------------------------------
 
     def apply_prepared_folders(self, folders: Mapping[str, Any]) -> None:
@@ -676,15 +238,12 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Folder fields filled in from the folder wizard (Training tab).", 6000)
 
     def sync_dataset_tab(self) -> None:
-        if not self.has_dataset_tab or not hasattr(self.dataset_tab, "set_dataset"):
-            return
         vals = self.form.values()
         pair = (str(vals.get("train_data_dir") or ""), str(vals.get("caption_extension") or ".txt"))
-        if hasattr(self.dataset_tab, "set_reg_folder"):
-            try:
-                self.dataset_tab.set_reg_folder(str(vals.get("reg_data_dir") or ""))
-            except Exception as exc:  # noqa: BLE001 - a Dataset tab problem must not break the window
-                self.statusBar().showMessage(f"The Dataset tab could not use the regularisation folder: {exc}", 10000)
+        try:
+            self.dataset_tab.set_reg_folder(str(vals.get("reg_data_dir") or ""))
+        except Exception as exc:  # noqa: BLE001 - a Dataset tab problem must not break the window
+            self.statusBar().showMessage(f"The Dataset tab could not use the regularisation folder: {exc}", 10000)
         if pair == self._dataset_sent:
             return
         self._dataset_sent = pair
@@ -694,11 +253,10 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"The Dataset tab could not show {pair[0]}: {exc}", 10000)
 
     def flush_dataset_tab(self) -> None:
-        if self.has_dataset_tab and hasattr(self.dataset_tab, "flush"):
-            try:
-                self.dataset_tab.flush()
-            except Exception as exc:  # noqa: BLE001
-                QMessageBox.warning(self, "Captions not saved", f"Pending caption edits could not be saved:\n{exc}")
+        try:
+            self.dataset_tab.flush()
+        except Exception as exc:  # noqa: BLE001
+            QMessageBox.warning(self, "Captions not saved", f"Pending caption edits could not be saved:\n{exc}")
 
     # -- training ---------------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from patina.core.config.schema import (BY_KEY, FAMILY_LABELS, PAGES, PARAMS, Par
                                        coerce, defaults, mirrored_on, sections)
 from patina.gui.widgets import (ERROR_COLOR, WARNING_COLOR, FieldFrame, FloatSpinBox, NoWheelComboBox, NoWheelSpinBox,
                          PathEdit)
-from patina.gui.worker import BackgroundCall
+from patina.gui.tasks import Latest
 
 PAGE_TITLES = dict(PAGES)
 PAGE_INTROS = {
@@ -334,6 +334,7 @@ class ParamForm(QWidget):
         self._detect_timer.setSingleShot(True)
         self._detect_timer.setInterval(400)
         self._detect_timer.timeout.connect(self._start_detection)
+        self._detection = Latest()   # a newer model path drops the older path's answer
 
         self.set_values(defaults())
         self.show_page("model")
@@ -658,9 +659,9 @@ class ParamForm(QWidget):
         path = self._detect_path
         if not path or not os.path.exists(os.path.expanduser(path)):
             return
-        BackgroundCall(_detect_family, os.path.expanduser(path)).start(
-            lambda fam, p=path: self._detection_done(p, fam, None),
-            lambda exc, p=path: self._detection_done(p, None, exc))
+        self._detection.start(_detect_family, os.path.expanduser(path), owner=self,
+                              on_done=lambda fam, p=path: self._detection_done(p, fam, None),
+                              on_error=lambda exc, p=path: self._detection_done(p, None, exc))
 
     def _detection_done(self, path: str, family, exc) -> None:
         if path != self._detect_path:
@@ -701,9 +702,7 @@ def _family_name(family) -> str | None:
 
 
 def _detect_family(path: str):
-    """Runs in a pool thread. ``patina.core.models.loading`` may import torch; a missing module means "skip quietly"."""
-    try:
-        from patina.core.models.loading import detect_family  # noqa: WPS433
-    except ImportError:
-        return None
+    """Runs off the GUI thread: ``patina.core.models.loading`` may import torch."""
+    from patina.core.models.loading import detect_family  # noqa: WPS433
+
     return detect_family(path)

@@ -2,8 +2,8 @@
 
 :class:`ThumbnailLoader` keeps a queue of wanted paths, newest first: the grid asks for an image when it
 is about to paint it, so whatever is on screen now is decoded before what scrolled past. Worker threads
-of a private :class:`~PySide6.QtCore.QThreadPool` decode with Pillow (which releases the GIL) and hand a
-``QImage`` back through a queued signal; the GUI thread turns it into a pixmap.
+of a private :class:`~patina.gui.tasks.Lane` decode with Pillow (which releases the GIL) and hand a
+``QImage`` back as task progress; the GUI thread turns it into a pixmap.
 
 Decoded thumbnails are kept as small JPEGs under ``user_cache_dir()/thumbs``, keyed by the image's
 absolute path, modification time and size, so an edited image gets a new thumbnail and reopening a
@@ -21,12 +21,13 @@ from collections import OrderedDict
 from pathlib import Path
 
 from PIL import Image, ImageOps
-from PySide6.QtCore import QObject, QThreadPool, Signal
+from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
 from patina.core.atomic import atomic_write_bytes
 from patina.core.dataset.images import to_rgb
 from patina.core.paths import user_cache_dir
+from patina.gui.tasks import Lane, Task, run_task
 
 THUMB_PX = 192          # longest side of a cached thumbnail (sharp at 128 px on a 1.5× screen)
 MAX_PENDING = 600       # older requests beyond this are dropped; they are asked for again when visible
@@ -75,7 +76,7 @@ def to_qimage(im: Image.Image) -> QImage:
 class ThumbnailLoader(QObject):
     """Decode images to at most *px* pixels in background threads.
 
-    ``loaded(path, image)`` or ``failed(path, reason)`` is emitted once per request (in the GUI thread).
+    ``loaded(path, image)`` or ``failed(path, reason)`` is emitted once per request, on the GUI thread.
     With *disk_cache* the result is also stored under :func:`thumbs_dir`.
     """
 
@@ -93,11 +94,10 @@ class ThumbnailLoader(QObject):
         self._in_flight: set[str] = set()
         self._workers = 0
         self._stopped = False
-        self._pool = QThreadPool()
         cores = os.cpu_count() or 2
         # Leave a core to the GUI thread: decoding competes with painting for the CPU (and the GIL).
         self._max_workers = threads if threads is not None else max(1, min(4, cores - 1))
-        self._pool.setMaxThreadCount(self._max_workers)
+        self._lane = Lane(self._max_workers)
 
     # --- GUI thread -------------------------------------------------------------------------------
     def request(self, path: str) -> None:
@@ -113,7 +113,8 @@ class ThumbnailLoader(QObject):
             if start:
                 self._workers += 1
         if start:
-            self._pool.start(self._drain)
+            run_task(self._drain, pass_task=True, lane=self._lane, on_progress=self._deliver,
+                     what="Loading thumbnails")
 
     def cancel_all(self) -> None:
         """Forget every queued request (decodes already running still report)."""
@@ -129,10 +130,18 @@ class ThumbnailLoader(QObject):
         with self._lock:
             self._stopped = True
             self._queue.clear()
-        self._pool.waitForDone(timeout_ms)
+        self._lane.wait(timeout_ms)
 
     # --- worker threads -----------------------------------------------------------------------------
-    def _drain(self) -> None:
+    def _deliver(self, path: str, image: QImage | None, error: str) -> None:   # GUI thread
+        if self._stopped:
+            return
+        if image is None or image.isNull():
+            self.failed.emit(path, error or "could not decode")
+        else:
+            self.loaded.emit(path, image)
+
+    def _drain(self, task: Task) -> None:
         while True:
             with self._lock:
                 if self._stopped or not self._queue:
@@ -147,12 +156,8 @@ class ThumbnailLoader(QObject):
             with self._lock:
                 self._in_flight.discard(path)
                 stopped = self._stopped
-            if stopped:
-                continue
-            if image is None or image.isNull():
-                self.failed.emit(path, error or "could not decode")
-            else:
-                self.loaded.emit(path, image)
+            if not stopped:
+                task.progress(path, image, error)
 
     def _load(self, path: str) -> QImage:
         st = os.stat(path)

@@ -21,7 +21,7 @@ from patina.core.dataset.summary import epoch_arithmetic
 from patina.core.dataset.wizard import prepare_folders
 from patina.core.errors import PatinaError
 from patina.gui.widgets import ERROR_COLOR, NoWheelSpinBox, PathEdit
-from patina.gui.worker import BackgroundCall
+from patina.gui.tasks import run_task
 
 # kohya's default. Patina, like kohya, defaults to 1 epoch and computes the steps from the images, so the
 # repeats carry the whole schedule: 40 × a typical 15-30 images = 600-1,200 steps at batch size 1, the
@@ -209,9 +209,9 @@ class FolderWizardDialog(QDialog):
         self._set_running(True)
         self.status.setStyleSheet("")
         self.status.setText("Copying images…")
-        BackgroundCall(prepare_folders, v["instance_prompt"], v["class_prompt"], v["images_dir"], v["repeats"],
-                       v["dest_dir"], v["reg_images_dir"] or None, v["reg_repeats"]).start(self._on_done,
-                                                                                          self._on_error)
+        run_task(prepare_folders, v["instance_prompt"], v["class_prompt"], v["images_dir"], v["repeats"],
+                 v["dest_dir"], v["reg_images_dir"] or None, v["reg_repeats"], on_done=self._on_done,
+                 on_error=self._on_error, owner=self)
 
     def _on_error(self, exc: BaseException) -> None:
         if isinstance(exc, PatinaError):

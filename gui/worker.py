@@ -1,11 +1,10 @@
-"""Work off the GUI thread.
+"""The training run off the GUI thread.
 
-* :class:`TrainingWorker` is the QThread that runs the training engine. The engine is imported inside
-  :meth:`TrainingWorker.run` (it pulls torch), every event it emits becomes the ``event`` signal, which
-  Qt queues to the GUI thread, and the run ends with exactly one ``done(Finished)``; an exception in the
-  engine becomes a ``failed`` Finished with a readable message, never a crash of the app.
-* :class:`BackgroundCall` runs one function on the global thread pool (model-family detection, the
-  engine's dry-run plan) and reports ``result`` or ``error`` on the GUI thread.
+:class:`TrainingWorker` is the QThread that runs the training engine. The engine is imported inside
+:meth:`TrainingWorker.run` (it pulls torch), every event it emits becomes the ``event`` signal, which Qt
+queues to the GUI thread, and the run ends with exactly one ``done(Finished)``; an exception in the engine
+becomes a ``failed`` Finished with a readable message, never a crash of the app. Every other piece of
+background work is a :class:`patina.gui.tasks.Task` (why the run is not one: see there).
 
 Nothing here imports torch or the engine at module level.
 """
@@ -17,9 +16,9 @@ import importlib.util
 import os
 import sys
 import traceback
-from typing import Any, Callable
+from typing import Callable
 
-from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal, Slot
+from PySide6.QtCore import QThread, Signal
 
 from patina.core.errors import PatinaError
 from patina.core.train.events import Commands, Finished, Log
@@ -28,13 +27,11 @@ EngineFn = Callable[..., Finished]
 
 
 def _engine_function(name: str, doing: str):
-    """``patina.core.train.engine.<name>``, imported on first use (it pulls torch); a missing piece is a PatinaError."""
+    """``patina.core.train.engine.<name>``, imported on first use (it pulls torch); a missing dependency is a
+    PatinaError."""
     try:
         import patina.core.train.engine as engine  # noqa: WPS433 (heavy: torch, diffusers)
     except ModuleNotFoundError as exc:
-        if exc.name == "patina.core.train.engine":
-            raise PatinaError(f"The training engine (core/train/engine.py) is not part of this installation, so {doing}. "
-                              "Reinstall Patina.") from None
         raise PatinaError(f"The Python package '{exc.name}' is not installed in Patina's environment, so {doing}. "
                           "Run the installer again (packaging/install-*) to repair the environment.") from None
     return getattr(engine, name)
@@ -136,70 +133,3 @@ class TrainingWorker(QThread):
 
     def request_sample(self) -> None:
         self.commands.request_sample()
-
-
-class _CallRelay(QObject):
-    """Lives in the thread that created the call; the pool thread emits, Qt queues the signal here, and the
-    callbacks run on this object's thread whatever kind of callable they are."""
-
-    _result = Signal(object)
-    _error = Signal(object)
-
-    def __init__(self, call: "BackgroundCall"):
-        super().__init__()
-        self._call = call
-        self.on_result: list[Callable[[Any], None]] = []
-        self.on_error: list[Callable[[BaseException], None]] = []
-        self._result.connect(self._deliver_result)
-        self._error.connect(self._deliver_error)
-
-    @Slot(object)
-    def _deliver_result(self, value) -> None:
-        BackgroundCall._running.discard(self._call)
-        for cb in self.on_result:
-            cb(value)
-
-    @Slot(object)
-    def _deliver_error(self, exc) -> None:
-        BackgroundCall._running.discard(self._call)
-        for cb in self.on_error:
-            cb(exc)
-
-
-class BackgroundCall(QRunnable):
-    """``fn(*args)`` on the global thread pool; the ``on_result(value)`` / ``on_error(exc)`` callbacks run on the
-    thread that created the call (the GUI thread). The call keeps itself alive until it has reported."""
-
-    _running: set["BackgroundCall"] = set()
-
-    def __init__(self, fn: Callable[..., Any], *args: Any):
-        super().__init__()
-        self.setAutoDelete(False)
-        self.fn = fn
-        self.args = args
-        self.relay = _CallRelay(self)
-
-    def run(self) -> None:  # in a pool thread
-        try:
-            value = self.fn(*self.args)
-        except BaseException as exc:  # noqa: BLE001 - reported to the GUI thread
-            self._report(self.relay._error, exc)
-            return
-        self._report(self.relay._result, value)
-
-    @staticmethod
-    def _report(signal, value) -> None:
-        try:
-            signal.emit(value)
-        except RuntimeError:
-            pass  # the application is closing and the relay is gone: nobody is waiting for the answer
-
-    def start(self, on_result: Callable[[Any], None] | None = None,
-              on_error: Callable[[BaseException], None] | None = None) -> "BackgroundCall":
-        if on_result is not None:
-            self.relay.on_result.append(on_result)
-        if on_error is not None:
-            self.relay.on_error.append(on_error)
-        BackgroundCall._running.add(self)
-        QThreadPool.globalInstance().start(self)
-        return self

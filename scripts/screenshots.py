@@ -4,7 +4,7 @@
 
 Writes dataset.png, training-<page>.png for each Training page, training-invalid.png (fields marked),
 monitor-idle.png, monitor-run.png (fed with a synthetic run: this script's own demo events, not the
-engine), plan-dialog.png, and wizard.png when the Dataset tab offers a folder wizard dialog. The user's
+engine), plan-dialog.png and wizard.png (the folder wizard). The user's
 settings are not touched (a temporary config folder is used).
 """
 
@@ -111,24 +111,6 @@ def _small_png(src: Path, dest: Path) -> None:
             dest, optimize=True)
 
 
-def _find_wizard(window):
-    """The Dataset tab's folder wizard dialog, if it has one we can build without arguments."""
-    from PySide6.QtWidgets import QDialog
-
-    try:
-        import patina.gui.dataset_tab as dt
-    except Exception:  # noqa: BLE001 - optional
-        return None
-    for name in dir(dt):
-        obj = getattr(dt, name)
-        if isinstance(obj, type) and issubclass(obj, QDialog) and "wizard" in name.lower():
-            try:
-                return obj(window)
-            except TypeError:
-                continue
-    return None
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "screenshots"), help="output folder (default: screenshots/)")
@@ -187,9 +169,11 @@ def main(argv=None) -> int:
     while time.time() < deadline:  # thumbnails and the image check arrive from background threads
         QApplication.processEvents()
         time.sleep(0.05)
-    if hasattr(win.dataset_tab, "select_path"):
-        win.dataset_tab.select_path(str(concept / "photo_01.jpg"))
+    win.dataset_tab.select_path(str(concept / "photo_01.jpg"))
+    deadline = time.time() + 2
+    while time.time() < deadline:  # the large preview arrives from a background thread
         QApplication.processEvents()
+        time.sleep(0.02)
     shot("dataset")
     win.form.set_values({"train_data_dir": ""})
     for page in ("model", "folders", "metadata", "basic", "advanced", "samples"):
@@ -222,9 +206,9 @@ def main(argv=None) -> int:
         for name in ("monitor-idle", "monitor-run", "monitor-stopped"):
             _small_png(out / f"{name}.png", ROOT / "docs" / "screenshots" / f"{name}.png")
 
-    wizard = _find_wizard(win)
-    if wizard is not None:
-        dialog_shot("wizard", wizard)
+    from patina.gui.wizard_dialog import FolderWizardDialog
+
+    dialog_shot("wizard", FolderWizardDialog(win))
     QApplication.processEvents()
     for p in written:
         print(p)

@@ -15,6 +15,8 @@ from patina.core.dataset.captions import (
     tag_frequency,
     write_caption,
 )
+from patina.core.dataset.caption_edits import (APPLIED, MISSING, CaptionChange, add_postfix, add_prefix,
+                                              apply_changes, insert_tag, remove_tag, replace_text)
 
 
 def test_caption_path_extension_forms(tmp_path):
@@ -184,3 +186,73 @@ def test_tag_frequency_counts_captions_per_tag():
 def test_read_caption_missing_file_raises(tmp_path):
     with pytest.raises(OSError):
         read_caption(Path(tmp_path / "none.txt"))
+
+
+# --- caption edits (patina.core.dataset.caption_edits) ---------------------------------------------
+
+def test_remove_and_insert_tag_keep_the_rest():
+    assert remove_tag("a, b, c", "b") == "a, c"
+    assert remove_tag("a, b, c", "a") == "b, c"
+    assert remove_tag("a, b, c", "c") == "a, b"
+    assert remove_tag("a, b\nc, d\n", "d") == "a, b\nc\n"
+    assert remove_tag("a, b\nc\n", "c") == "a, b\n"
+    assert remove_tag("a, b, a", "a") == "b"
+    assert remove_tag("only", "only") == ""
+    assert remove_tag("a, b", "zzz") == "a, b"
+    assert insert_tag("a, c", "b", 1) == "a, b, c"
+    assert insert_tag("b, c", "a", 0) == "a, b, c"
+    assert insert_tag("a, b\r\n".replace("\r\n", "\n"), "c") == "a, b, c\n"
+    assert insert_tag("", "x") == "x"
+
+
+def test_prefix_postfix_and_replace_helpers():
+    assert add_prefix("sitting, grass", "sks dog") == "sks dog, sitting, grass"
+    assert add_prefix("sks dog, sitting", "sks dog") is None
+    assert add_prefix("photo", "my ", as_tag=False) == "my photo"
+    assert add_postfix("a, b\n", "best") == "a, b, best\n"
+    assert add_postfix("a, best", "best") is None
+    assert replace_text("Dog, dog, DOG", "dog", "cat") == ("cat, cat, cat", 3)
+    assert replace_text("Dog, dog", "dog", "cat", match_case=True) == ("Dog, cat", 1)
+    assert replace_text("a\\1b", "\\1", "x") == ("axb", 1)
+
+
+def test_change_sets_apply_and_revert_byte_exactly_without_qt(tmp_path):
+    """An undoable change set is plain data: apply writes, revert puts back the exact bytes (BOM, CRLF) or
+    removes a file the change created; a file changed in between is left alone and reported."""
+    img, cap = tmp_path / "a.png", tmp_path / "a.txt"
+    cap.write_bytes(b"\xef\xbb\xbfdog, grass\r\nline two")
+    img2, cap2 = tmp_path / "b.png", tmp_path / "b.txt"
+    changes = [CaptionChange(img, cap, transform=lambda t: replace_text(t, "dog", "cat")),
+               CaptionChange(img2, cap2, text="new caption"),
+               CaptionChange(tmp_path / "c.png", tmp_path / "c.txt", text="x", create=False)]
+    before = cap.read_bytes()
+    result = apply_changes(changes, True)
+    assert (result.applied, result.count, result.missing) == (2, 1, 1)
+    assert cap.read_bytes() == b"\xef\xbb\xbfcat, grass\r\nline two" and cap2.read_text() == "new caption"
+    assert [c.state for c in changes] == [APPLIED, APPLIED, MISSING]
+    result = apply_changes(changes, False)
+    assert cap.read_bytes() == before and not cap2.exists() and not result.errors
+    apply_changes(changes, True)
+    cap.write_text("edited elsewhere")
+    result = apply_changes(changes, False)
+    assert cap.read_text() == "edited elsewhere" and not cap2.exists()
+    assert result.errors == [f"{cap}: changed by another program since; undo left it as it is"]
+
+
+def test_list_dataset_reads_concept_folders_and_images_by_name(tmp_path):
+    from patina.core.dataset.listing import list_dataset
+
+    (tmp_path / "10_sks dog").mkdir()
+    (tmp_path / "10_sks dog" / "b.PNG").write_bytes(b"not decoded")
+    (tmp_path / "10_sks dog" / "a.jpg").write_bytes(b"")
+    (tmp_path / "10_sks dog" / "a.txt").write_text("caption")
+    (tmp_path / "10_sks dog" / "notes.md").write_text("")
+    (tmp_path / "2_cat").mkdir()
+    (tmp_path / "plain").mkdir()
+    (tmp_path / ".5_hidden").mkdir()
+    folders, items = list_dataset(tmp_path, "txt")
+    assert [(f.name, f.repeats, f.tokens, f.count) for f in folders] == [("10_sks dog", 10, "sks dog", 2),
+                                                                          ("2_cat", 2, "cat", 0)]
+    assert [(i.name, i.folder, i.tokens, i.caption_file.name) for i in items] == [
+        ("a.jpg", "10_sks dog", "sks dog", "a.txt"), ("b.PNG", "10_sks dog", "sks dog", "b.txt")]
+    assert [i.check for i in items] == [None, None] and [i.has_caption for i in items] == [True, False]

@@ -16,8 +16,7 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QTextCursor  # noqa: E402
 
-from patina.gui.caption_editor import (SCOPE_ALL, SCOPE_FOLDER, add_postfix, add_prefix, insert_tag,  # noqa: E402
-                                remove_tag, replace_text)
+from patina.gui.caption_batch import SCOPE_ALL, SCOPE_FOLDER  # noqa: E402
 from patina.gui.dataset_tab import DatasetTab  # noqa: E402
 from patina.gui.thumbnails import thumbs_dir  # noqa: E402
 import imagefactory as fac  # noqa: E402
@@ -86,34 +85,6 @@ def wait_file(qtbot, path: Path, expected: bytes | None, timeout: int = 10000) -
 
 def wait_batch(qtbot, tab: DatasetTab) -> None:
     qtbot.waitUntil(lambda: not tab._batch_running, timeout=5000)
-
-
-# --- pure caption text helpers -----------------------------------------------------------------------------
-
-def test_remove_and_insert_tag_keep_the_rest():
-    assert remove_tag("a, b, c", "b") == "a, c"
-    assert remove_tag("a, b, c", "a") == "b, c"
-    assert remove_tag("a, b, c", "c") == "a, b"
-    assert remove_tag("a, b\nc, d\n", "d") == "a, b\nc\n"
-    assert remove_tag("a, b\nc\n", "c") == "a, b\n"
-    assert remove_tag("a, b, a", "a") == "b"
-    assert remove_tag("only", "only") == ""
-    assert remove_tag("a, b", "zzz") == "a, b"
-    assert insert_tag("a, c", "b", 1) == "a, b, c"
-    assert insert_tag("b, c", "a", 0) == "a, b, c"
-    assert insert_tag("a, b\r\n".replace("\r\n", "\n"), "c") == "a, b, c\n"
-    assert insert_tag("", "x") == "x"
-
-
-def test_prefix_postfix_and_replace_helpers():
-    assert add_prefix("sitting, grass", "sks dog") == "sks dog, sitting, grass"
-    assert add_prefix("sks dog, sitting", "sks dog") is None
-    assert add_prefix("photo", "my ", as_tag=False) == "my photo"
-    assert add_postfix("a, b\n", "best") == "a, b, best\n"
-    assert add_postfix("a, best", "best") is None
-    assert replace_text("Dog, dog, DOG", "dog", "cat") == ("cat, cat, cat", 3)
-    assert replace_text("Dog, dog", "dog", "cat", match_case=True) == ("Dog, cat", 1)
-    assert replace_text("a\\1b", "\\1", "x") == ("axb", 1)
 
 
 # --- folder wizard -------------------------------------------------------------------------------------------
@@ -408,6 +379,35 @@ def test_tag_chips_remove_and_restore_a_tag(qtbot, make_tab, tmp_path):
     wait_file(qtbot, cap, b"sks dog, sitting, grass")
     # the quick tags are remembered for the next session
     assert DatasetTab().caption_panel.quick_tags() == ["outdoors", "sks dog"]
+
+
+def test_an_older_save_finishing_late_never_puts_back_older_text(qtbot, make_tab, tmp_path):
+    """Edit, then edit again before the first save has reported: the first save's result must not replace
+    the newer text in the editor (the next edit would build on the older text and lose a change)."""
+    import threading
+
+    from patina.gui.tasks import run_task
+
+    img = dataset(tmp_path)
+    cap = img / "10_sks dog" / "a.txt"
+    tab = make_tab()
+    tab.set_dataset(str(img), ".txt")
+    select(qtbot, tab, img / "10_sks dog" / "a.png")
+    panel = tab.caption_panel
+    panel.editor.setPlainText("sks dog, grass")
+    panel.commit()
+    assert tab.store.wait(5000) and cap.read_text(encoding="utf-8") == "sks dog, grass"   # reported later
+    release = threading.Event()
+    run_task(release.wait, 10, lane=tab.store._lane)   # holds the next write back
+    panel.editor.setPlainText("sks dog, grass, outdoors")
+    panel.commit()
+    qtbot.wait(100)   # the first save's result arrives; the second save waits behind the blocker
+    assert panel.editor.caption_text() == "sks dog, grass, outdoors"
+    release.set()
+    wait_file(qtbot, cap, b"sks dog, grass, outdoors")
+    tab.undo()
+    wait_file(qtbot, cap, b"sks dog, grass")
+    qtbot.waitUntil(lambda: panel.editor.caption_text() == "sks dog, grass", timeout=5000)   # undo still shows
 
 
 def test_find_replace_and_prefix_across_folders_with_counts_and_undo(qtbot, make_tab, tmp_path):

@@ -5,17 +5,16 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Signal
 from PySide6.QtGui import QImage
-from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
+from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from patina.core.config.files import find_preset, read_config
 from patina.core.config.schema import BY_KEY, defaults
-from patina.gui.main_window import MainWindow, ReportDialog
+from patina.gui.config_document import ReportDialog
+from patina.gui.main_window import MainWindow
 
 ROOT = Path(__file__).resolve().parent.parent
 SB = QMessageBox.StandardButton
@@ -56,7 +55,6 @@ class _Q(list):
 
 @pytest.fixture
 def win(qtbot, reports, monkeypatch):
-    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", None)  # placeholder Dataset tab unless a test injects one
     w = MainWindow(restore_session=False, detect_family=False)
     qtbot.addWidget(w)
     return w
@@ -176,7 +174,6 @@ def test_discard_closes_without_writing(win, answers, tmp_path):
 
 
 def test_last_session_is_restored(qtbot, reports, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", None)
     cfg = tmp_path / "run.json"
     w = MainWindow(restore_session=True, detect_family=False)
     qtbot.addWidget(w)
@@ -213,48 +210,39 @@ def test_presets_menu_lists_builtin_and_user_presets(win, monkeypatch):
     assert win.form.values()["train_data_dir"] == "/my/images"  # paths are kept when a preset is applied
 
 
-class FakeDatasetTab(QWidget):
-    folders_prepared = Signal(dict)
+def test_dataset_tab_follows_the_folder_fields_and_fills_them_from_the_wizard(qtbot, reports, answers, tmp_path):
+    """The window and the real Dataset tab: the folder fields choose what the tab shows, the wizard's
+    folders fill the fields, and closing writes a pending caption edit."""
+    from patina.gui.dataset_tab import DatasetTab
 
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.calls = []
-        self.flushed = 0
-
-    def set_dataset(self, train_data_dir, caption_extension):
-        self.calls.append((train_data_dir, caption_extension))
-
-    def flush(self):
-        self.flushed += 1
-
-
-def test_dataset_tab_contract(qtbot, reports, answers, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", types.SimpleNamespace(DatasetTab=FakeDatasetTab))
+    img = tmp_path / "img"
+    (img / "10_sks dog").mkdir(parents=True)
+    QImage(8, 8, QImage.Format.Format_RGB888).save(str(img / "10_sks dog" / "a.png"))
     w = MainWindow(restore_session=False, detect_family=False)
     qtbot.addWidget(w)
     tab = w.dataset_tab
-    assert isinstance(tab, FakeDatasetTab) and w.tabs.widget(0) is tab
-    assert tab.calls == [("", ".txt")]
-    folders = {"train_data_dir": str(tmp_path / "img"), "reg_data_dir": None, "output_dir": str(tmp_path / "model"),
+    assert isinstance(tab, DatasetTab) and w.tabs.widget(0) is tab
+    assert [w.tabs.tabText(i) for i in range(w.tabs.count())] == ["Dataset", "Training", "Monitor"]
+    assert tab._loaded_key == ("", ".txt")
+    folders = {"train_data_dir": str(img), "reg_data_dir": None, "output_dir": str(tmp_path / "model"),
                "logging_dir": str(tmp_path / "log")}
     tab.folders_prepared.emit(folders)
     vals = w.form.values()
     assert vals["train_data_dir"] == folders["train_data_dir"] and vals["output_dir"] == folders["output_dir"]
     assert vals["logging_dir"] == folders["logging_dir"] and vals["reg_data_dir"] == ""
     assert w.is_dirty() and "*" in w.windowTitle()
-    assert tab.calls[-1] == (folders["train_data_dir"], ".txt")
+    assert tab._loaded_key == (str(img), ".txt")
+    qtbot.waitUntil(lambda: tab.model.rowCount() == 1, timeout=5000)
     set_by_user(w, "caption_extension", ".caption")
-    qtbot.waitUntil(lambda: tab.calls[-1] == (folders["train_data_dir"], ".caption"), timeout=3000)
+    qtbot.waitUntil(lambda: tab._loaded_key == (str(img), ".caption"), timeout=3000)
+    tab.select_path(str(img / "10_sks dog" / "a.png"))
+    qtbot.waitUntil(lambda: tab.caption_panel.item is not None, timeout=5000)
+    tab.caption_panel.editor.setPlainText("sks dog, grass")   # not yet saved: autosave waits 500 ms
     w.show()
     answers.append(SB.Discard)
     assert w.close()
-    assert tab.flushed >= 1
-
-
-def test_dataset_tab_placeholder_when_module_is_missing(win):
-    assert not win.has_dataset_tab
-    assert win.tabs.tabText(0) == "Dataset"
-    assert [win.tabs.tabText(i) for i in range(win.tabs.count())] == ["Dataset", "Training", "Monitor"]
+    assert (img / "10_sks dog" / "a.caption").read_text(encoding="utf-8") == "sks dog, grass"
+    tab.shutdown()
 
 
 def _env(tmp_path):

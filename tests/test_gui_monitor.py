@@ -269,7 +269,6 @@ def test_plan_dialog_shows_the_numbers(qtbot, tmp_path):
 
 
 def test_closing_the_window_during_a_run_stops_and_waits(qtbot, tmp_path, monkeypatch, no_blocking_dialogs):
-    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", None)
     from patina.gui.main_window import MainWindow
     engine = FakeEngine(tmp_path, wait_for_stop=True)
     w = MainWindow(restore_session=False, detect_family=False, engine_fn=engine,
@@ -300,7 +299,6 @@ def test_real_engine_run_from_the_window(qtbot, tmp_path, monkeypatch):
     from patina.gui.main_window import MainWindow
     from trainkit import make_dataset, tiny_cfg
 
-    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", None)
     model = save_tiny_diffusers(tmp_path / "model", "sd1")
     data = make_dataset(tmp_path)
     w = MainWindow(restore_session=False)
@@ -326,7 +324,6 @@ def test_real_engine_stop_from_the_window_gives_a_valid_lora(qtbot, tmp_path, mo
     from patina.gui.main_window import MainWindow
     from trainkit import make_dataset, tiny_cfg
 
-    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", None)
     model = save_tiny_diffusers(tmp_path / "model", "sd1")
     data = make_dataset(tmp_path)
     w = MainWindow(restore_session=False, detect_family=False)
@@ -348,12 +345,12 @@ def test_real_engine_stop_from_the_window_gives_a_valid_lora(qtbot, tmp_path, mo
     assert w.monitor.state == "idle" and w.training.start_button.isEnabled()
 
 
-def test_missing_engine_is_a_message(monkeypatch):
+def test_an_engine_that_cannot_be_imported_is_a_message(monkeypatch):
     from patina.gui.worker import default_plan, default_train
-    monkeypatch.setitem(sys.modules, "patina.core.train.engine", None)
-    with pytest.raises(PatinaError, match="not part of this installation"):
+    monkeypatch.setitem(sys.modules, "patina.core.train.engine", None)  # its import raises ModuleNotFoundError
+    with pytest.raises(PatinaError, match="the run cannot be planned. Run the installer again"):
         default_plan({})
-    with pytest.raises(PatinaError, match="training cannot start"):
+    with pytest.raises(PatinaError, match="training cannot start. Run the installer again"):
         default_train({}, print, None)
 
 
@@ -448,10 +445,12 @@ def test_enlarging_a_tiny_sample_scales_it_up_sharply(qtbot, tmp_path):
             img.setPixelColor(x, y, QColor(250, 250, 250))   # 1-px stripes: blurred by smooth scaling
     path = tmp_path / "s.png"
     img.save(str(path))
-    dlg = mt.ImageDialog(Sample(str(path), "sks toy", 0, 4, 1))
+    from patina.gui.sample_gallery import THUMB, ImageDialog
+
+    dlg = ImageDialog(Sample(str(path), "sks toy", 0, 4, 1))
     qtbot.addWidget(dlg)
     shown = dlg.image.pixmap().toImage()
-    assert shown.width() >= 512 and shown.width() > mt.THUMB  # never smaller than its thumbnail
+    assert shown.width() >= 512 and shown.width() > THUMB  # never smaller than its thumbnail
     assert dlg.zoom == shown.width() // 64
     values = {shown.pixelColor(x, 10).red() for x in range(shown.width())}
     assert values <= {10, 250}  # nearest-neighbour: only the two original values, no blur

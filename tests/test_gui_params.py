@@ -129,12 +129,6 @@ def test_model_family_is_detected_in_the_background(qtbot, tmp_path, monkeypatch
     assert not badge.isHidden() and "SD 1.x" in badge.text()
 
 
-def test_missing_models_module_is_skipped_quietly(qtbot, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "patina.core.models.loading", None)  # "import patina.core.models.loading" raises ImportError
-    from patina.gui.param_pages import _detect_family
-    assert _detect_family(str(tmp_path)) is None
-
-
 def test_wheel_is_ignored_on_an_unfocused_spin_box(form, qtbot):
     form.show()
     qtbot.waitExposed(form)

@@ -565,7 +565,6 @@ def test_plan_dialog_fix_applies_the_setting_and_plans_again(qtbot, tmp_path, mo
     from patina.gui.main_window import MainWindow
     from patina.gui.monitor_tab import PlanDialog
 
-    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", None)
     seen = []
 
     def plan_fn(cfg):
@@ -611,7 +610,6 @@ def test_new_config_in_the_window_uses_the_machine_defaults(qtbot, monkeypatch):
 
     import torch  # noqa: F401 - loaded: the window probes in-process (the patched probe below)
 
-    monkeypatch.setitem(sys.modules, "patina.gui.dataset_tab", None)
     monkeypatch.setattr(preflight, "probe_device", lambda: NO_GPU)
     w = MainWindow(restore_session=False, detect_family=False, probe_device=True)
     qtbot.addWidget(w)
