@@ -15,6 +15,7 @@ from PySide6.QtCore import QAbstractListModel, QModelIndex, QPoint, QRect, QSize
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate
 
+from patina.core.dataset.images import ImageCheck
 from patina.core.dataset.listing import ImageItem
 
 TILE_PX = 128            # thumbnail box in the grid (logical pixels)
