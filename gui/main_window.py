@@ -20,7 +20,7 @@ from patina.core.paths import resources_dir
 from patina.gui.config_document import ConfigDocument
 from patina.gui.dataset_tab import DatasetTab
 from patina.gui.monitor_tab import MonitorTab
-from patina.gui.param_pages import problem_text
+from patina.gui.param_fields import problem_text
 from patina.gui.state import GuiState, load_state, save_state
 from patina.gui.tasks import run_task
 from patina.gui.training_tab import TrainingTab

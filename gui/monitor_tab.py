@@ -24,7 +24,7 @@ from patina.core.errors import PatinaError
 from patina.core.train.events import EpochEnd, Finished, Log, Metrics, Plan, Progress, Sample, Saved, Status
 from patina.core.config.schema import REQUIRED_TO_START  # noqa: F401 - re-exported for the Training tab
 from patina.core.config.schema import FAMILY_LABELS, Problem, check_values, errors, missing_required
-from patina.gui.param_pages import problem_text
+from patina.gui.param_fields import problem_text
 from patina.gui.live_charts import LiveCharts
 from patina.gui.sample_gallery import SampleGallery
 from patina.gui.widgets import Banner
