@@ -701,9 +701,9 @@ def _family_name(family) -> str | None:
 
 
 def _detect_family(path: str):
-    """Runs in a pool thread. ``patina.core.models.loading`` may import torch; a missing module means "skip quietly"."""
+    """Runs in a pool thread. A missing ``patina.core.models.detect`` module means "skip quietly"."""
     try:
-        from patina.core.models.loading import detect_family  # noqa: WPS433
+        from patina.core.models.detect import detect_family  # noqa: WPS433
     except ImportError:
         return None
     return detect_family(path)

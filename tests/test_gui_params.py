@@ -107,14 +107,14 @@ def test_sdxl_options_only_for_sdxl(form):
 
 def test_model_family_is_detected_in_the_background(qtbot, tmp_path, monkeypatch):
     calls = []
-    fake = types.ModuleType("patina.core.models.loading")
+    fake = types.ModuleType("patina.core.models.detect")
 
     def detect_family(path):
         calls.append(path)
         return "sd1" if path.endswith("v15.safetensors") else "sdxl"
 
     fake.detect_family = detect_family
-    monkeypatch.setitem(sys.modules, "patina.core.models.loading", fake)
+    monkeypatch.setitem(sys.modules, "patina.core.models.detect", fake)
     f = ParamForm(detect_family=True)
     qtbot.addWidget(f)
     model = tmp_path / "v15.safetensors"
@@ -130,7 +130,7 @@ def test_model_family_is_detected_in_the_background(qtbot, tmp_path, monkeypatch
 
 
 def test_missing_models_module_is_skipped_quietly(qtbot, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "patina.core.models.loading", None)  # "import patina.core.models.loading" raises ImportError
+    monkeypatch.setitem(sys.modules, "patina.core.models.detect", None)  # "import patina.core.models.detect" raises ImportError
     from patina.gui.param_pages import _detect_family
     assert _detect_family(str(tmp_path)) is None
 
