@@ -336,7 +336,7 @@ def _family_name(family) -> str | None:
 
 
 def _detect_family(path: str):
-    """Runs off the GUI thread: ``patina.core.models.loading`` may import torch."""
-    from patina.core.models.loading import detect_family  # noqa: WPS433
+    """Runs off the GUI thread: detection reads the file's header (no torch)."""
+    from patina.core.models.detect import detect_family  # noqa: WPS433
 
     return detect_family(path)

@@ -9,7 +9,7 @@ import torch
 from patina.core.train import events as E
 from patina.core.train.engine import Trainer, plan, train
 from patina.core.train.events import Commands
-from patina.core.lora.kohya_format import verify_lora
+from patina.core.lora.verify import verify_lora
 from patina.core.models.tiny import save_tiny_diffusers
 import imagefactory as imgs
 from trainkit import Collector, make_dataset, tiny_cfg

@@ -319,7 +319,7 @@ def test_real_engine_stop_from_the_window_gives_a_valid_lora(qtbot, tmp_path, mo
     """Loss points and a sample arrive from the real engine; Stop writes a LoRA that verifies."""
     pytest.importorskip("diffusers")
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    from patina.core.lora.kohya_format import verify_lora
+    from patina.core.lora.verify import verify_lora
     from patina.core.models.tiny import save_tiny_diffusers
     from patina.gui.main_window import MainWindow
     from trainkit import make_dataset, tiny_cfg

@@ -107,14 +107,14 @@ def test_sdxl_options_only_for_sdxl(form):
 
 def test_model_family_is_detected_in_the_background(qtbot, tmp_path, monkeypatch):
     calls = []
-    fake = types.ModuleType("patina.core.models.loading")
+    fake = types.ModuleType("patina.core.models.detect")
 
     def detect_family(path):
         calls.append(path)
         return "sd1" if path.endswith("v15.safetensors") else "sdxl"
 
     fake.detect_family = detect_family
-    monkeypatch.setitem(sys.modules, "patina.core.models.loading", fake)
+    monkeypatch.setitem(sys.modules, "patina.core.models.detect", fake)
     f = ParamForm(detect_family=True)
     qtbot.addWidget(f)
     model = tmp_path / "v15.safetensors"

@@ -1,4 +1,5 @@
-"""LoRA files (patina.core.lora.kohya_format): metadata, atomic save with A1111 hashes, reading, Verify LoRA."""
+"""LoRA files (patina.core.lora.kohya_format, patina.core.lora.verify): metadata, atomic save with A1111 hashes, reading,
+Verify LoRA."""
 
 from __future__ import annotations
 
@@ -15,17 +16,16 @@ from safetensors import safe_open
 
 from patina.core.errors import PatinaError
 from patina.core.lora.kohya_format import (
-    CLIENTS,
     build_metadata,
-    format_verify_report,
     model_hashes,
     read_lora,
     read_lora_metadata,
     save_lora,
     tensor_data_hash,
-    verify_lora,
 )
-from patina.core.lora.network import NetworkSpec, build_network
+from patina.core.lora.network import build_network
+from patina.core.lora.targets import NetworkSpec
+from patina.core.lora.verify import CLIENTS, format_verify_report, verify_lora
 from patina.core.models.tiny import tiny_sd1_components, tiny_sdxl_components
 
 VALUES = {

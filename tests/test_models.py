@@ -1,4 +1,4 @@
-"""Offline base-model loading (patina.core.models.loading / patina.core.models.checkpoint_files) with tiny random models only.
+"""Offline base-model loading (patina.core.models.detect / loading / checkpoint_files) with tiny random models only.
 
 Nothing here downloads anything: HF_HUB_OFFLINE=1 (conftest), an empty HF_HOME, and for the loading
 tests the socket layer itself refuses connections.
@@ -19,12 +19,11 @@ from safetensors.torch import save_file
 from patina.core.models import tiny
 from patina.core.models.checkpoint_files import load_state_dict_safely, read_safetensors_header
 from patina.core.errors import PatinaError
+from patina.core.models.detect import ModelInfo, detect_family
 from patina.core.models.loading import (
     BaseModel,
-    ModelInfo,
     _tokenizer,
     clip_tokenizer_dir,
-    detect_family,
     load_base_model,
     load_vae,
     model_configs_dir,

@@ -16,15 +16,8 @@ import torch
 
 from patina.core.errors import PatinaError
 from patina.core.lora.kohya_format import build_metadata, save_lora
-from patina.core.lora.network import (
-    BLOCK_LAYOUTS,
-    LoraNetwork,
-    NetworkSpec,
-    UNetLayout,
-    build_network,
-    build_network_from_weights,
-    lr_weight_preset,
-)
+from patina.core.lora.network import LoraNetwork, build_network, build_network_from_weights
+from patina.core.lora.targets import BLOCK_LAYOUTS, NetworkSpec, UNetLayout, lr_weight_preset
 from patina.core.models.tiny import tiny_pipeline, tiny_sd1_components, tiny_sdxl_components
 
 TE_KEY = re.compile(r"^lora_te[12]?_text_model_encoder_layers_\d+_(self_attn_(q|k|v|out)_proj|mlp_fc[12])$")

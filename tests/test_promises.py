@@ -26,7 +26,8 @@ from patina.core.atomic import atomic_temp_path, atomic_write_text, clean_leftov
 from patina.core.config.files import save_config
 from patina.core.train.engine import plan, train
 from patina.core.train.events import Commands
-from patina.core.lora.kohya_format import save_lora, verify_lora
+from patina.core.lora.kohya_format import save_lora
+from patina.core.lora.verify import verify_lora
 from patina.core.models.tiny import save_tiny_diffusers
 from trainkit import Collector, make_dataset, tiny_cfg
 
@@ -343,7 +344,8 @@ def test_saved_files_honour_the_umask(tmp_path, umask022):
 
 def _lora_for(model_dir, conv_dim=0):
     from patina.core.models.loading import load_base_model
-    from patina.core.lora.network import NetworkSpec, build_network
+    from patina.core.lora.network import build_network
+    from patina.core.lora.targets import NetworkSpec
 
     base = load_base_model(model_dir)
     net = build_network(base.unet, base.text_encoders, base.family,
@@ -354,7 +356,7 @@ def _lora_for(model_dir, conv_dim=0):
 
 def test_verify_reports_shapes_that_do_not_fit_together_for_every_loader(tmp_path, capsys):
     from patina.core.cli import main as cli
-    from patina.core.lora.kohya_format import CLIENTS
+    from patina.core.lora.verify import CLIENTS
 
     good = {"lora_unet_a_to_k.lora_down.weight": torch.randn(4, 8), "lora_unet_a_to_k.lora_up.weight": torch.randn(8, 4),
             "lora_unet_a_to_k.alpha": torch.tensor(4.0)}

@@ -164,7 +164,7 @@ def _dry_run(args, values: dict) -> int:
 
 
 def _verify(args) -> int:
-    from patina.core.lora.kohya_format import format_verify_report, verify_lora
+    from patina.core.lora.verify import format_verify_report, verify_lora
 
     report = verify_lora(args.file, model=args.model)
     print(format_verify_report(report))

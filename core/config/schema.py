@@ -1,5 +1,8 @@
 """The one parameter schema.
 
+(One file on purpose although it is long: it is mostly the :data:`PARAMS` declaration table, and keeping every
+parameter's declaration and the validator together is what makes the schema the single place that states them.)
+
 Every training parameter is declared here exactly once: key, type, default, allowed range or choices (and
 the labels they are shown by), label, one-line help, placeholder, the page and section it belongs to, when it
 is relevant, whether it must be set to train, whether it is an input path that must exist, and the ``ss_*``

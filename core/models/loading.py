@@ -25,47 +25,39 @@ from its UNet/text-encoder configs. Everything a user can get wrong raises one
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-if TYPE_CHECKING:  # torch is imported where weights are loaded: detect_family stays light (the GUI calls it)
+if TYPE_CHECKING:  # torch is imported where weights are loaded
     import torch
 
-from patina.core.models.checkpoint_files import (
-    PICKLE_SUFFIXES,
-    SAFETENSORS_SUFFIXES,
-    describe_file,
-    load_state_dict_safely,
-    read_safetensors_header,
-    sniff_format,
-)
+from patina.core.models.checkpoint_files import load_state_dict_safely
 from patina.core.errors import PatinaError
-from patina.core.models.families import FAMILIES, FAMILY_BY_CONTEXT_WIDTH, FAMILY_NAMES
+from patina.core.models.detect import (
+    SD1_TE_PREFIX,
+    SD2_TE_PREFIX,
+    SDXL_TE1_PREFIX,
+    SDXL_TE2_PREFIX,
+    VAE_PREFIX,
+    ModelInfo,
+    classify,
+    detect_diffusers,
+    file_index,
+    looks_like_lora,
+    not_found_error,
+    read_json,
+    weights_variant,
+)
+from patina.core.models.families import FAMILIES, FAMILY_NAMES
 from patina.core.paths import resources_dir
 
 __all__ = [
-    "FAMILIES", "BaseModel", "ModelInfo", "detect_family", "load_base_model", "load_state_dict_safely", "load_vae",
+    "FAMILIES", "BaseModel", "load_base_model", "load_state_dict_safely", "load_vae",
     "shipped_config_dir",
 ]
 
-
-SUPPORTED = (
-    "Patina trains LoRAs on Stable Diffusion 1.x, 2.x and SDXL base models, given either as one "
-    "checkpoint file (.safetensors or .ckpt, as used by A1111/ComfyUI) or as a diffusers folder "
-    "(the folder that contains model_index.json)."
-)
-
-# Tensor-name markers of single-file checkpoints.
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-SD1_TE_PREFIX = "cond_stage_model.transformer."
-SD2_TE_PREFIX = "cond_stage_model.model."
-SDXL_TE1_PREFIX = "conditioner.embedders.0.transformer."
-SDXL_TE2_PREFIX = "conditioner.embedders.1.model."
-SDXL_REFINER_TE_PREFIX = "conditioner.embedders.0.model."
 
 
 def model_configs_dir() -> Path:
@@ -82,269 +74,6 @@ def shipped_config_dir(family: str, v_prediction: bool = False) -> Path:
         raise ValueError(f"unknown family {family!r}")
     name = "sd2-v" if family == "sd2" and v_prediction else family
     return model_configs_dir() / name
-
-
-# --------------------------------------------------------------------------------------------------
-# Detection
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What :func:`detect_family` found.
-
-    ``family`` is ``"sd1"``, ``"sd2"`` or ``"sdxl"`` (``None`` only for a diffusers folder whose configs
-    match none of them; pass ``family=`` to :func:`load_base_model` then). ``v_prediction`` is ``None``
-    when the file does not say (typical for SD2 checkpoints: 512-base is epsilon, 768-v is not, and
-    their tensors look the same). ``has_vae`` is False for checkpoints saved without the autoencoder."""
-
-    family: str | None
-    v_prediction: bool | None
-    layout: str
-    path: Path
-    has_vae: bool = True
-
-    @property
-    def family_name(self) -> str:
-        return FAMILY_NAMES.get(self.family or "", "unknown Stable Diffusion version")
-
-
-def _fail(path: Path, found: str, todo: str) -> PatinaError:
-    return PatinaError(f"{path.name or str(path)}: {found}. {SUPPORTED} {todo}".strip())
-
-
-def _not_found(path: Path) -> PatinaError:
-    text = str(path)
-    hub_like = re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None and not text.startswith((".", "/"))
-    hint = (" If this is a Hugging Face model id: Patina never downloads models. Download the model "
-            "yourself (a .safetensors file or the whole diffusers folder) and choose it here."
-            if hub_like else " Choose a model file or folder that exists on this computer.")
-    return PatinaError(f"The base model {text!r} does not exist.{hint}")
-
-
-def detect_family(path: str | Path) -> ModelInfo:
-    """Identify a base model without loading its weights.
-
-    For ``.safetensors`` only the header (tensor names, shapes, metadata) is read. A pickled
-    ``.ckpt`` has no separate index, so it is opened through the restricted loader (memory-mapped).
-    Raises :class:`PatinaError` for anything that is not a supported base model."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise _not_found(p)
-    if p.is_dir() or p.name == "model_index.json":
-        return _detect_diffusers(p if p.is_dir() else p.parent)
-    shapes, meta, layout, _ = _file_index(p)
-    return _classify(p, shapes, meta, layout)
-
-
-def _file_index(p: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str], str, dict | None]:
-    """(shapes, safetensors metadata, layout, state dict if it had to be loaded to be listed)."""
-    kind = sniff_format(p)
-    try:
-        if kind == "safetensors" or (kind is None and p.suffix.lower() in SAFETENSORS_SUFFIXES):
-            tensors, meta = read_safetensors_header(p)
-            return {k: tuple(v.get("shape") or ()) for k, v in tensors.items()}, meta, "single_file", None
-        if kind is None:
-            raise _fail(p, f"this is {describe_file(p)}, not a model checkpoint",
-                        "Choose a .safetensors or .ckpt file, or a diffusers folder.")
-        sd = load_state_dict_safely(p)
-    except PatinaError as exc:
-        if SUPPORTED in exc.message:
-            raise
-        raise PatinaError(f"{exc.message} {SUPPORTED}") from None
-    return {k: tuple(v.shape) for k, v in sd.items()}, {}, "ckpt", sd
-
-
-def _has(keys, prefix: str) -> bool:
-    return any(k.startswith(prefix) for k in keys)
-
-
-def _looks_like_lora(keys) -> bool:
-    return any(
-        k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_"))
-        or any(s in k for s in (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.",
-                                ".hada_w1_", ".lokr_w1"))
-        for k in keys
-    )
-
-
-def _looks_like_embedding(keys) -> bool:
-    names = set(keys)
-    return bool(names) and len(names) <= 8 and (
-        "emb_params" in names or any(k.startswith("string_to_param") for k in names) or {"clip_l", "clip_g"} <= names)
-
-
-def _v_from_metadata(meta: Mapping[str, str], keys) -> bool | None:
-    pred = (meta.get("modelspec.prediction_type") or "").strip().lower()
-    if pred in ("v", "v_prediction", "v-prediction"):
-        return True
-    if pred in ("epsilon", "eps"):
-        return False
-    if "v_pred" in keys:  # marker tensor some v-prediction SDXL finetunes carry
-        return True
-    return None
-
-
-def _classify(p: Path, shapes: Mapping[str, tuple[int, ...]], meta: Mapping[str, str], layout: str) -> ModelInfo:
-    keys = list(shapes)
-    if not keys:
-        raise _fail(p, "the file contains no tensors", "Choose a complete base model checkpoint.")
-    has_unet = _has(keys, UNET_PREFIX)
-    other_arch = re.compile(r"(model\.diffusion_model\.)?(double_blocks|joint_blocks|x_embedder)\.")
-    flux_or_sd3 = any(other_arch.match(k) for k in keys)
-    if flux_or_sd3:
-        raise _fail(p, "this is a FLUX or Stable Diffusion 3 model, which Patina does not train",
-                    "Choose an SD 1.x, SD 2.x or SDXL checkpoint.")
-    if not has_unet:
-        if _looks_like_lora(keys):
-            raise _fail(p, "this is a LoRA / LyCORIS file (the kind of file Patina produces), not a base model",
-                        "Choose the full model the LoRA is trained on, e.g. an SD 1.5 or SDXL checkpoint; "
-                        "a LoRA can only be applied on top of one.")
-        if _looks_like_embedding(keys):
-            raise _fail(p, "this is a textual-inversion embedding, not a base model",
-                        "Choose a full checkpoint (several GB) as the base model.")
-        if _has(keys, "encoder.down.") or _has(keys, "decoder.up.") or _has(keys, VAE_PREFIX) \
-                or _has(keys, "encoder.down_blocks.") or _has(keys, "decoder.up_blocks."):
-            raise _fail(p, "this is a VAE (the image autoencoder) on its own, not a full base model",
-                        "Choose it in the VAE field instead, and a complete checkpoint as the base model.")
-        if _has(keys, "down_blocks.") and ("conv_in.weight" in shapes or "time_embedding.linear_1.weight" in shapes):
-            raise _fail(p, "this is only the UNet weights file of a diffusers model",
-                        "Choose the model's top folder (the one containing model_index.json) instead.")
-        if _has(keys, "cond_stage_model.") or _has(keys, "conditioner.") or _has(keys, "text_model.") \
-                or _has(keys, "encoder.layers."):
-            raise _fail(p, "this contains only a text encoder, no UNet", "Choose a complete base model checkpoint.")
-        sample = ", ".join(keys[:3])
-        raise _fail(p, f"this is not a Stable Diffusion checkpoint (its {len(keys)} tensors are named like {sample})",
-                    "Choose a base model checkpoint.")
-
-    conv_in = shapes.get(UNET_PREFIX + "input_blocks.0.0.weight")
-    if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
-        kind = {9: "an inpainting model", 8: "an instruct-pix2pix model"}.get(conv_in[1], "a model")
-        raise _fail(p, f"this is {kind} (its UNet takes {conv_in[1]} input channels instead of 4)",
-                    "LoRAs are trained on the regular text-to-image base model; choose that one.")
-
-    if _has(keys, SDXL_TE2_PREFIX):
-        family = "sdxl"
-    elif _has(keys, SDXL_REFINER_TE_PREFIX):
-        raise _fail(p, "this is the SDXL refiner, which is not a base model",
-                    "Choose SDXL base 1.0 (or a finetune of it).")
-    elif _has(keys, SD2_TE_PREFIX):
-        family = "sd2"
-    elif _has(keys, SD1_TE_PREFIX):
-        family = "sd1"
-    else:
-        guess = _family_from_unet(shapes)
-        looks = f" (its UNet looks like {FAMILY_NAMES[guess]})" if guess else ""
-        raise _fail(p, f"this checkpoint has a UNet but no text encoder{looks}",
-                    "Patina needs the complete checkpoint with its text encoder(s); choose the full model file.")
-
-    v = _v_from_metadata(meta, shapes)
-    if v is None and family != "sd2":
-        v = False
-    return ModelInfo(family=family, v_prediction=v, layout=layout, path=p, has_vae=_has(keys, VAE_PREFIX))
-
-
-def _family_from_unet(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
-    if _has(shapes, UNET_PREFIX + "label_emb."):
-        return "sdxl"
-    for k, s in shapes.items():
-        if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight") and len(s) == 2:
-            return FAMILY_BY_CONTEXT_WIDTH.get(s[1])
-    return None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PatinaError(f"Could not read {path}: {exc}.") from None
-    if not isinstance(data, dict):
-        raise PatinaError(f"{path} is not a JSON object.")
-    return data
-
-
-_WEIGHT_NAMES = ("diffusion_pytorch_model", "model", "pytorch_model")
-_WEIGHT_EXTS = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
-
-
-def _weights_variant(folder: Path) -> str | None | bool:
-    """None when *folder* has regular weights, the variant name (e.g. ``"fp16"``) when it only has a
-    variant, False when it has no weights at all."""
-    if not folder.is_dir():
-        return False
-    names = {f.name for f in folder.iterdir() if f.is_file()}
-    if any(n + e in names for n in _WEIGHT_NAMES for e in _WEIGHT_EXTS):
-        return None
-    for name in sorted(names):
-        m = re.fullmatch(r"(?:%s)\.([\w-]+)\.(?:safetensors|bin)" % "|".join(_WEIGHT_NAMES), name)
-        if m:
-            return m[1]
-    return False
-
-
-def _detect_diffusers(folder: Path) -> ModelInfo:
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        own = folder / "config.json"
-        if own.is_file():
-            own_cfg = _read_json(own)
-            cls = own_cfg.get("_class_name") or (own_cfg.get("architectures") or ["?"])[0]
-            raise _fail(folder, f"this folder is the {cls} component of a diffusers model, not the model itself",
-                        "Choose its parent folder (the one containing model_index.json).")
-        files = sorted(f.name for f in folder.iterdir()
-                       if f.is_file() and f.suffix.lower() in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)
-        todo = (f"It contains {', '.join(files[:5])}{' …' if len(files) > 5 else ''}: choose one of those files."
-                if files else "Choose a checkpoint file or a diffusers model folder.")
-        raise _fail(folder, "this folder is not a diffusers model (there is no model_index.json in it)", todo)
-    index = _read_json(index_path)
-    pipe_cls = str(index.get("_class_name", "?"))
-
-    def component(name: str) -> str | None:
-        v = index.get(name)
-        return v[1] if isinstance(v, list) and len(v) == 2 and v[1] else None
-
-    if component("unet") != "UNet2DConditionModel":
-        raise _fail(folder, f"this diffusers model is a {pipe_cls}, which is not an SD 1.x/2.x/SDXL pipeline",
-                    "Choose an SD 1.x, SD 2.x or SDXL model.")
-    unet_cfg_path = folder / "unet" / "config.json"
-    if not unet_cfg_path.is_file():
-        raise _fail(folder, "the diffusers folder has no unet/config.json (it is incomplete)",
-                    "Download the complete model folder again.")
-    unet_cfg = _read_json(unet_cfg_path)
-    if _weights_variant(folder / "unet") is False:
-        raise _fail(folder, "the diffusers folder has configs but no UNet weights",
-                    "Download the model's weight files too (unet/diffusion_pytorch_model.safetensors, ...).")
-    in_ch = unet_cfg.get("in_channels", 4)
-    if in_ch != 4:
-        kind = {9: "an inpainting model", 8: "an instruct-pix2pix model"}.get(in_ch, "a model")
-        raise _fail(folder, f"this is {kind} (its UNet takes {in_ch} input channels instead of 4)",
-                    "LoRAs are trained on the regular text-to-image base model; choose that one.")
-
-    family: str | None
-    if unet_cfg.get("addition_embed_type") == "text_time" or "text_encoder_2" in index:
-        if not component("text_encoder") or not component("text_encoder_2"):
-            raise _fail(folder, "this is the SDXL refiner (it has only one text encoder), not a base model",
-                        "Choose SDXL base 1.0 (or a finetune of it).")
-        family = "sdxl"
-    else:
-        if not component("text_encoder"):
-            raise _fail(folder, f"this {pipe_cls} has no text encoder", "Choose a complete model folder.")
-        family = FAMILY_BY_CONTEXT_WIDTH.get(unet_cfg.get("cross_attention_dim"))
-        if family == "sdxl":  # a 2048 context with one text encoder is not an SDXL base
-            family = None
-        if family is None:  # non-standard sizes (e.g. tiny test models): the text encoder tells
-            te_cfg_path = folder / "text_encoder" / "config.json"
-            act = _read_json(te_cfg_path).get("hidden_act") if te_cfg_path.is_file() else None
-            family = {"quick_gelu": "sd1", "gelu": "sd2"}.get(act or "")
-
-    v: bool | None = None
-    sched_path = folder / "scheduler" / "scheduler_config.json"
-    if sched_path.is_file():
-        v = _read_json(sched_path).get("prediction_type", "epsilon") == "v_prediction"
-    elif family != "sd2":
-        v = False
-    return ModelInfo(family=family, v_prediction=v, layout="diffusers", path=folder,
-                     has_vae=(folder / "vae").is_dir() and _weights_variant(folder / "vae") is not False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -454,7 +183,7 @@ def _tokenizer(folder: Path, family: str, second: bool = False):
     for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the map wins, as in transformers
         f = folder / name
         if f.is_file():
-            settings.update(_read_json(f))
+            settings.update(read_json(f))
     pad = settings.get("pad_token") or ("!" if family == "sd2" or second else "<|endoftext|>")
     if isinstance(pad, dict):
         pad = pad.get("content", "<|endoftext|>")
@@ -630,7 +359,7 @@ def load_vae(path: str | Path, *, family: str, dtype: torch.dtype | None = None,
         try:
             with _quiet_diffusers():
                 vae = AutoencoderKL.from_pretrained(str(p), subfolder=sub, local_files_only=True, torch_dtype=dtype,
-                                                    variant=_weights_variant(p / sub if sub else p) or None)
+                                                    variant=weights_variant(p / sub if sub else p) or None)
         except Exception as exc:  # noqa: BLE001
             raise PatinaError(f"{p.name}: could not load the VAE folder ({_short(exc)}).") from exc
         return vae.eval()
@@ -640,7 +369,7 @@ def load_vae(path: str | Path, *, family: str, dtype: torch.dtype | None = None,
     ldm = any(k.startswith(("encoder.down.", VAE_PREFIX + "encoder.", "vae.encoder.down.")) for k in keys)
     diffusers_layout = any(k.startswith("encoder.down_blocks.") for k in keys)
     if not ldm and not diffusers_layout:
-        kind = "a LoRA file" if _looks_like_lora(keys) else "not a VAE"
+        kind = "a LoRA file" if looks_like_lora(keys) else "not a VAE"
         raise PatinaError(f"{p.name}: this is {kind} (no autoencoder weights found). Choose a VAE file such as "
                           "sdxl_vae.safetensors or vae-ft-mse-840000-ema-pruned.safetensors, or leave the VAE "
                           "empty to use the base model's own.")
@@ -695,15 +424,15 @@ def load_base_model(path: str | Path, *, family: str | None = None, v_parameteri
     dtype = torch.float32 if dtype is None else dtype
     p = Path(path).expanduser()
     if not p.exists():
-        raise _not_found(p)
+        raise not_found_error(p)
     if p.is_file() and p.name == "model_index.json":
         p = p.parent
     if p.is_dir():
-        info = _detect_diffusers(p)
+        info = detect_diffusers(p)
         sd = None
     else:
-        shapes, meta, layout, sd = _file_index(p)  # sd: only for pickles, which must be loaded to be listed
-        info = _classify(p, shapes, meta, layout)
+        shapes, meta, layout, sd = file_index(p)  # sd: only for pickles, which must be loaded to be listed
+        info = classify(p, shapes, meta, layout)
     fam = _resolve_family(info, family)
     warnings: list[str] = []
     if v_parameterization is not None:
@@ -755,14 +484,14 @@ def _load_single_file(sd: dict, p: Path, fam: str, v: bool, vae_path, dtype: tor
     else:
         tes = [_text_encoder_from_ldm(sd, cfg_dir, "text_encoder", SD1_TE_PREFIX, False, False, dtype, source)]
         toks = [_tokenizer(cfg_dir / "tokenizer", fam)]
-    sched_cfg, noise = _scheduler_configs(_read_json(cfg_dir / "scheduler" / "scheduler_config.json"), v)
+    sched_cfg, noise = _scheduler_configs(read_json(cfg_dir / "scheduler" / "scheduler_config.json"), v)
     return BaseModel(family=fam, v_prediction=v, unet=unet, vae=vae, text_encoders=tes, tokenizers=toks,
                      noise_scheduler=noise, scheduler_config=sched_cfg, info=info, config_dir=cfg_dir)
 
 
 def _from_pretrained(cls, folder: Path, subfolder: str, what: str, dtype: torch.dtype, transformers_model: bool):
     sub = folder / subfolder
-    variant = _weights_variant(sub)
+    variant = weights_variant(sub)
     if variant is False:
         raise PatinaError(f"{folder.name}: the {what} weights are missing ({subfolder}/ has no weight files). "
                           "Download the complete model folder.")
@@ -838,7 +567,7 @@ def _load_diffusers(folder: Path, fam: str, v: bool, vae_path, dtype: torch.dtyp
             d = shipped / d.name  # fall back to the bundled tokenizer settings
         toks.append(_tokenizer(d, fam, second=i == 1))
     sched_path = folder / "scheduler" / "scheduler_config.json"
-    raw = _read_json(sched_path if sched_path.is_file() else shipped / "scheduler" / "scheduler_config.json")
+    raw = read_json(sched_path if sched_path.is_file() else shipped / "scheduler" / "scheduler_config.json")
     sched_cfg, noise = _scheduler_configs(raw, v)
     return BaseModel(family=fam, v_prediction=v, unet=unet, vae=vae, text_encoders=tes, tokenizers=toks,
                      noise_scheduler=noise, scheduler_config=sched_cfg, info=info, config_dir=folder)

@@ -61,7 +61,8 @@ def run_bench(*, model: str = "tiny", resolution: int | None = None, batch_size:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from patina.core.lora.network import NetworkSpec, build_network
+    from patina.core.lora.network import build_network
+    from patina.core.lora.targets import NetworkSpec
 
     from diffusers.utils import logging as dlog
 

@@ -145,7 +145,7 @@ def _family(cfg: dict, *, strict: bool) -> str:
     family = cfg.get("model_family", "auto")
     if family == "auto":
         try:
-            from patina.core.models.loading import detect_family
+            from patina.core.models.detect import detect_family
 
             family = detect_family(cfg["pretrained_model_name_or_path"]).family
         except PatinaError:

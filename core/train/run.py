@@ -48,7 +48,7 @@ class Run:
     vae_dtype: Any
     train_unet: bool = False
     train_te: bool = False
-    network: Any = None             # patina.core.lora.network.LoRANetwork
+    network: Any = None             # patina.core.lora.network.LoraNetwork
     optimizer: Any = None           # prepared by accelerate
     lr_scheduler: Any = None
     group_names: list = field(default_factory=list)
@@ -211,7 +211,8 @@ def _add_network(run: Run) -> None:
     import torch
 
     from patina.core.config.schema import training_lrs
-    from patina.core.lora.network import NetworkSpec, build_network, build_network_from_weights
+    from patina.core.lora.network import build_network, build_network_from_weights
+    from patina.core.lora.targets import NetworkSpec
 
     cfg, base = run.cfg, run.base
     lrs = training_lrs(cfg)
