@@ -129,7 +129,7 @@ class Task:
         return self._cancel.is_set()
 
     def cancel(self, *_args) -> None:
-        """Drop every report this task has not delivered yet (the function itself runs to its end unless
+        """Drop every report the task has not delivered yet (the function itself runs to its end unless
         it looks at :attr:`cancelled`)."""
         self._cancel.set()
 
@@ -176,7 +176,7 @@ class Task:
     def _release(self) -> None:
         Task._running.discard(self)
         owner, self._owner = self._owner, None
-        if owner is not None:   # the connection would keep this task alive as long as its owner
+        if owner is not None:   # the connection would keep the task alive as long as its owner
             try:
                 owner.destroyed.disconnect(self.cancel)
             except (RuntimeError, TypeError):
