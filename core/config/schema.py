@@ -226,6 +226,19 @@ def check_resolution(value: str) -> tuple[int, int]:
 
 # --- the schema ----------------------------------------------------------------------------------
 
+def _check_weights(v: Any) -> str | None:
+    parts = [x.strip() for x in str(v).split(",") if x.strip()]
+    if not parts:
+        return "needs at least one LoRA weight, e.g. 0,0.5,0.8,1.0"
+    try:
+        ws = [float(x) for x in parts]
+    except ValueError:
+        return "must be numbers separated by commas, e.g. 0,0.5,0.8,1.0"
+    if any(not -4 <= w <= 4 for w in ws):
+        return "weights must be between -4 and 4"
+    return None
+
+
 def P(key, type, default, label, help, page, section="", **kw) -> Param:  # noqa: N802 - table helper
     return Param(key=key, type=type, default=default, label=label, help=help, page=page, section=section, **kw)
 
@@ -535,6 +548,29 @@ PARAMS: tuple[Param, ...] = (
       "One prompt per line. Options: --n negative --w width --h height --d seed --s steps --l CFG scale.",
       "samples", "", preset=False,
       placeholder="a photo of sks dog on a beach --n blurry, lowres --w 512 --h 512 --d 1 --s 28 --l 7"),
+
+    # ---- Quality report (Samples page) -----------------------------------------------------------
+    P("quality_report", "bool", True, "Quality report every epoch",
+      "After every epoch, sample fixed prompts and seeds at several LoRA weights and measure how far trigger and "
+      "class prompts moved from the base model, plus a validation loss (quality.json, Monitor tab).",
+      "samples", "Quality report", kohya=False),
+    P("quality_prompts", "text", "", "Report prompts",
+      "One prompt per line (sample-prompt syntax). Lines with your trigger word are trigger prompts, the others "
+      "class prompts. Empty: your sample prompts, or '<trigger> <class>' from the folder names.",
+      "samples", "Quality report", kohya=False, preset=False,
+      placeholder="a photo of sks dog --d 1 --s 20\na photo of a dog --d 1 --s 20"),
+    P("quality_seeds", "int", 2, "Seeds per prompt",
+      "Images per prompt and LoRA weight (seeds d, d+1, …); more gives steadier numbers and takes longer.",
+      "samples", "Quality report", kohya=False, min=1, max=64, step=1),
+    P("quality_weights", "str", "0,0.5,0.8,1.0", "LoRA weights",
+      "LoRA weights the report samples at, comma-separated; 0 is the base model (sampled once).",
+      "samples", "Quality report", kohya=False, check=_check_weights),
+    P("validation_split", "float", 0.0, "Validation split",
+      "Share of the training images held out of training to measure a validation loss (0 = measure it on fixed "
+      "noise over the training images).", "samples", "Quality report", min=0.0, max=0.5, step=0.05),
+    P("validation_seed", "int", 0, "Validation seed",
+      "Seed that picks the held-out images and their fixed noise (0 = the run's seed).",
+      "samples", "Quality report", min=0, max=2**31 - 1, step=1),
 )
 
 BY_KEY: dict[str, Param] = {p.key: p for p in PARAMS}

@@ -80,13 +80,29 @@ class DatasetPlan:
         self.items: list[TrainItem] = []
         self.train_samples: list[int] = []     # item index repeated by the folder's repeats
         self.reg_samples: list[int] = []
+        repeats: list[int] = []
         for subset in scan.subsets:
             for img in subset.images:
                 bucket = self.buckets.assign(img.width, img.height) if self.buckets else res
                 self.items.append(TrainItem(img, bucket, subset.is_reg))
-                idx = len(self.items) - 1
-                (self.reg_samples if subset.is_reg else self.train_samples).extend([idx] * subset.repeats)
+                repeats.append(subset.repeats)
+        self.validation_items = self._hold_out(float(cfg.get("validation_split") or 0.0),
+                                               int(cfg.get("validation_seed") or 0) or seed)
+        held = set(self.validation_items)
+        for idx, item in enumerate(self.items):
+            if idx not in held:
+                (self.reg_samples if item.is_reg else self.train_samples).extend([idx] * repeats[idx])
         self.batch_size = int(cfg["train_batch_size"])
+
+    def _hold_out(self, split: float, seed: int) -> list[int]:
+        """Training images (never regularisation images) held out of training for the validation loss:
+        round(split × images), at least one when split > 0 and always leaving one to train on."""
+        train = [i for i, it in enumerate(self.items) if not it.is_reg]
+        if split <= 0 or len(train) < 2:
+            return []
+        n = min(len(train) - 1, max(1, round(split * len(train))))
+        random.Random(seed_for(seed, "validation")).shuffle(train)
+        return sorted(train[:n])
 
     def epoch_samples(self, epoch: int) -> list[BatchItem]:
         """Samples of one epoch (0-based), reg samples cycled to match the training samples like kohya."""

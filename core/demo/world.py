@@ -70,6 +70,31 @@ def caption_for(shape: str, colour: str, background: str) -> str:
     return f"{article} {colour} {noun} on a {background} background"
 
 
+def parse_caption(text: str) -> dict | None:
+    """The labels a caption of this world asks for (``{"shape", "colour", "background"}``), or None when *text*
+    is not a caption of the grammar (sample-prompt options after the caption are ignored)."""
+    words = text.split(" --")[0].strip().lower().split()
+    if len(words) < 3 or words[0] not in ("a", "an") or words[1] not in COLOURS:
+        return None
+    rest = " ".join(words[2:])
+    shape = None
+    for s in SHAPES + (CONCEPT,):
+        noun = f"{TRIGGER} shape" if s == CONCEPT else s
+        if rest == noun or rest.startswith(noun + " "):
+            shape, rest = s, rest[len(noun):].strip()
+            break
+    if shape is None:
+        return None
+    background = None
+    if rest.startswith("on a ") and rest.endswith(" background"):
+        background = rest[len("on a "):-len(" background")]
+        if background not in BACKGROUNDS:
+            return None
+    elif rest:
+        return None
+    return {"shape": shape, "colour": words[1], "background": background}
+
+
 def combos(shapes=SHAPES) -> list[tuple[str, str, str]]:
     """Every valid (shape, colour, background) combination, in a fixed order."""
     return list(_combos(tuple(shapes)))

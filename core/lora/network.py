@@ -487,6 +487,23 @@ class LoraNetwork:
         finally:
             self.set_enabled(was)
 
+    @contextlib.contextmanager
+    def weight(self, multiplier: float) -> Iterator[None]:
+        """``with net.weight(0.8): ...`` runs the models with the LoRA at that weight, as a user would load it
+        at ``<lora:name:0.8>`` (0 runs the base models). The trained scales are put back afterwards."""
+        if multiplier == 0:
+            with self.disable_adapters():
+                yield
+            return
+        saved = [(m, m.layer.scaling[ADAPTER_NAME]) for m in self.modules]
+        try:
+            for m, scale in saved:
+                m.layer.scaling[ADAPTER_NAME] = scale * multiplier
+            yield
+        finally:
+            for m, scale in saved:
+                m.layer.scaling[ADAPTER_NAME] = scale
+
     def remove(self) -> None:
         """Take the adapters out of the models again (the base layers are put back)."""
         for m in self.modules:

@@ -200,6 +200,7 @@ class Trainer:
         self.resume_dir = Path(resume) if resume else (Path(cfg["resume"]) if cfg.get("resume") else None)
         self.overwrite = overwrite
         self.run_: Run | None = None   # built by run() before the loop
+        self.quality = None            # the quality report (patina.core.train.quality), when on
         self.losses: deque = deque(maxlen=50)
         self.epoch_losses: list[float] = []
         self.started = time.time()
@@ -268,6 +269,7 @@ class Trainer:
         if resume_state:
             state.load_state(run, self.resume_dir, resume_state)
         self.logs = outputs.RunLogs(cfg, run)
+        self.quality = self._quality_report(run)
         try:
             if cfg["sample_at_first"] and run.step == 0:
                 generate_samples(run, epoch=None)
@@ -409,6 +411,43 @@ class Trainer:
         n = cfg["sample_every_n_epochs"]
         if n and epoch % n == 0:
             generate_samples(run, epoch=epoch)
+        if self.quality is not None:
+            self._measure_quality(run, epoch)
+
+    def _quality_report(self, run: Run):
+        """The run's quality report (patina.core.train.quality), or None when it is off or cannot be set up."""
+        if not run.cfg["quality_report"] or not run.accelerator.is_main_process:
+            return None
+        from patina.core.train.quality import QualityReport
+
+        try:
+            return QualityReport(run)
+        except PatinaError as exc:
+            self.log(f"No quality report for this run: {exc}", "warning")
+        except Exception as exc:  # noqa: BLE001 - the report is an extra; the training goes on without it
+            self.log(f"No quality report for this run ({type(exc).__name__}: {exc}).", "warning")
+        return None
+
+    def _measure_quality(self, run: Run, epoch: int) -> None:
+        """Measure after *epoch* (main process; the others wait). A failing report is switched off with a
+        warning: it never stops the training."""
+        acc = run.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process and self.quality is not None:
+            try:
+                event = self.quality.measure(epoch)
+            except Exception as exc:  # noqa: BLE001 - see above
+                if _is_oom(exc):
+                    empty_device_cache()
+                self.quality = None
+                detail = outputs.why(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+                self.log(f"The quality report stopped after an error ({detail}); training goes on without it.",
+                         "warning")
+                run.report.status("training", "Training…")
+            else:
+                self.emit(event)
+                self.logs.quality(event.report["epochs"][-1])
+        acc.wait_for_everyone()
 
     # -- endings ------------------------------------------------------------------------------------------------
     def _finish(self, stopped: bool) -> Finished:

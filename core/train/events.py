@@ -95,6 +95,17 @@ class Saved:
 
 
 @dataclass(frozen=True)
+class Quality:
+    """The quality report after an epoch (patina.core.train.quality): ``report`` is the whole report so far,
+    as written to quality.json (``report["epochs"][-1]`` is this epoch's entry)."""
+
+    epoch: int
+    step: int
+    report: dict
+    grid_path: str | None   # the grid image: rows = epochs, columns = prompts × LoRA weights
+
+
+@dataclass(frozen=True)
 class Finished:
     status: str             # "finished" | "stopped" | "failed"
     message: str            # user-facing: what happened and, on failure, what to change
@@ -103,7 +114,7 @@ class Finished:
     step: int = 0
 
 
-Event = Union[Status, Log, Plan, Progress, Metrics, EpochEnd, Sample, Saved, Finished]
+Event = Union[Status, Log, Plan, Progress, Metrics, EpochEnd, Sample, Saved, Quality, Finished]
 Emit = Callable[[Event], None]
 
 

@@ -220,6 +220,20 @@ class RunLogs:
         if self.tb is not None:
             self.tb.add_scalar("loss/epoch", avg, epoch)
 
+    def quality(self, entry: dict) -> None:
+        """One epoch of the quality report (patina.core.train.quality)."""
+        step, epoch = entry["step"], entry["epoch"]
+        if self.tb is not None:
+            if entry.get("validation_loss") is not None:
+                self.tb.add_scalar("quality/validation_loss", entry["validation_loss"], step)
+            for w, values in entry["weights"].items():
+                for name, v in values.items():
+                    if v is not None:
+                        self.tb.add_scalar(f"quality/{name}@{w}", v, step)
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps({"step": step, "epoch": epoch, "quality": entry, "time": time.time()}) + "\n")
+            self.jsonl.flush()
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

@@ -6,11 +6,14 @@ lines starting with ``#`` are skipped (kohya-layout.md §8).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 import re
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from patina.core.errors import PatinaError
 from patina.core.config.schema import SAMPLERS
@@ -122,14 +125,62 @@ def sample_filename(output_name: str, *, step: int, epoch: int | None, index: in
     return f"{output_name}_{at}_{index:02d}_{stamp}{seed_part}.png"
 
 
+@contextlib.contextmanager
+def inference(run):
+    """The run's models ready for sampling on the main process, as a pipeline (patina.core.models.loading):
+    the VAE and text encoders on the device, everything in eval mode; put back as they were afterwards."""
+    from patina.core.train.run import empty_device_cache
+
+    acc, base = run.accelerator, run.base
+    unet = acc.unwrap_model(run.unet_model)
+    tes = [acc.unwrap_model(t) for t in run.te_models]
+    moved = []
+    for m in [base.vae, *tes]:
+        if next(m.parameters()).device != acc.device:
+            m.to(acc.device)
+            moved.append(m)
+    was_training = unet.training
+    unet.eval()
+    for t in tes:
+        t.eval()
+    try:
+        pipe = base.pipeline(unet=unet, text_encoders=tes)
+        pipe.set_progress_bar_config(disable=True)
+        yield pipe
+    finally:
+        for m in moved:
+            m.to("cpu")
+        if was_training:
+            unet.train()
+        if run.train_te:
+            for t in tes:
+                t.train()
+        empty_device_cache()
+
+
+def prompt_kwargs(run, sp: SamplePrompt) -> dict:
+    """The pipeline's keyword arguments for *sp*'s text and size (no seed, no scheduler)."""
+    import torch
+
+    cfg = run.cfg
+    kw = dict(prompt=sp.prompt, negative_prompt=sp.negative or None, width=sp.width, height=sp.height,
+              num_inference_steps=sp.steps, guidance_scale=sp.cfg_scale)
+    if run.base.family != "sdxl" and (cfg["clip_skip"] > 1 or cfg["max_token_length"] > 75):
+        # encode like training does (clip skip, long prompts); the pipeline's own clip_skip
+        # path also breaks on transformers' flattened CLIPTextModel
+        with torch.no_grad():
+            pos, _ = run.encode_text([sp.prompt], unwrapped=True)
+            neg, _ = run.encode_text([sp.negative], unwrapped=True)
+        kw.update(prompt=None, negative_prompt=None, prompt_embeds=pos.to(run.weight_dtype),
+                  negative_prompt_embeds=neg.to(run.weight_dtype))
+    return kw
+
+
 def generate_samples(run, epoch: int | None) -> None:
     """Generate the sample images of the run's sample prompts with the LoRA as trained so far (main process)
     into ``<output_dir>/sample``. Raises patina.core.train.outputs.SaveFailed on every process when an image
     cannot be written."""
-    import contextlib
-    import os
     import random
-    from pathlib import Path
 
     import torch
 
@@ -137,7 +188,6 @@ def generate_samples(run, epoch: int | None) -> None:
     from patina.core.dataset.buckets import parse_resolution
     from patina.core.train.events import Sample
     from patina.core.train.outputs import SaveFailed
-    from patina.core.train.run import empty_device_cache
 
     cfg, acc, base = run.cfg, run.accelerator, run.base
     if not cfg["sample_prompts"].strip():
@@ -147,38 +197,15 @@ def generate_samples(run, epoch: int | None) -> None:
     if acc.is_main_process:
         prompts = parse_prompts(cfg["sample_prompts"], default_size=parse_resolution(cfg["max_resolution"]))
         run.report.status("sampling", f"Generating {len(prompts)} sample(s)…")
-        unet = acc.unwrap_model(run.unet_model)
-        tes = [acc.unwrap_model(t) for t in run.te_models]
-        moved = []
-        for m in [base.vae, *tes]:
-            if next(m.parameters()).device != acc.device:
-                m.to(acc.device)
-                moved.append(m)
-        was_training = unet.training
-        unet.eval()
-        for t in tes:
-            t.eval()
         out_dir = Path(cfg["output_dir"]) / "sample"
-        try:
-            pipe = base.pipeline(unet=unet, text_encoders=tes)
-            pipe.set_progress_bar_config(disable=True)
+        with inference(run) as pipe:
             for i, sp in enumerate(prompts):
                 pipe.scheduler = make_scheduler(sp.sampler or cfg["sample_sampler"], base.scheduler_config)
                 seed = sp.seed if sp.seed is not None else random.Random(
                     hash((run.seed, run.step, i))).randint(0, 2**31 - 1)
                 gen = torch.Generator("cpu").manual_seed(seed)
-                kw = dict(prompt=sp.prompt, negative_prompt=sp.negative or None, width=sp.width, height=sp.height,
-                          num_inference_steps=sp.steps, guidance_scale=sp.cfg_scale, generator=gen)
-                if base.family != "sdxl" and (cfg["clip_skip"] > 1 or cfg["max_token_length"] > 75):
-                    # encode like training does (clip skip, long prompts); the pipeline's own clip_skip
-                    # path also breaks on transformers' flattened CLIPTextModel
-                    with torch.no_grad():
-                        pos, _ = run.encode_text([sp.prompt], unwrapped=True)
-                        neg, _ = run.encode_text([sp.negative], unwrapped=True)
-                    kw.update(prompt=None, negative_prompt=None, prompt_embeds=pos.to(run.weight_dtype),
-                              negative_prompt_embeds=neg.to(run.weight_dtype))
                 with torch.no_grad(), acc.autocast():
-                    image = pipe(**kw).images[0]
+                    image = pipe(**prompt_kwargs(run, sp), generator=gen).images[0]
                 name = sample_filename(cfg["output_name"], step=run.step, epoch=epoch, index=i, seed=sp.seed)
                 path = out_dir / name
                 try:
@@ -195,15 +222,6 @@ def generate_samples(run, epoch: int | None) -> None:
                     break
                 run.report.emit(Sample(path=str(path), prompt=sp.prompt, index=i, step=run.step,
                                        epoch=epoch if epoch is not None else run.epoch + 1))
-        finally:
-            for m in moved:
-                m.to("cpu")
-            if was_training:
-                unet.train()
-            if run.train_te:
-                for t in tes:
-                    t.train()
-            empty_device_cache()
         run.report.status("training", "Training…")
     acc.wait_for_everyone()
     if run.agree(failure is not None):
