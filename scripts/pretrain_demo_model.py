@@ -165,7 +165,7 @@ def stage_vae(cfg: Config) -> None:
     step = 0
     ck = d / "state.pt"
     if ck.is_file():
-        st = torch.load(ck, weights_only=False)
+        st = torch.load(ck, weights_only=True)
         vae.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         step = st["step"]
@@ -256,7 +256,7 @@ def from_u8(x: torch.Tensor) -> torch.Tensor:
 
 def judge_data(cfg: Config, vae, seed: int, n: int, path: Path) -> dict:
     if path.is_file():
-        return torch.load(path, weights_only=False)
+        return torch.load(path, weights_only=True)
     scenes = [judge_scene(seed, i) for i in range(n)]
     x = pil_to_tensor([world.render(s) for s in scenes])
     data = {"render": to_u8(x), "recon": to_u8(reconstruct(vae, x)),
@@ -294,7 +294,7 @@ def stage_judge(cfg: Config) -> None:
     step = 0
     ck = d / "state.pt"
     if ck.is_file():
-        st = torch.load(ck, weights_only=False)
+        st = torch.load(ck, weights_only=True)
         judge.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         step = st["step"]
@@ -351,7 +351,7 @@ def load_judge(folder: Path) -> Judge:
 def latent_cache(cfg: Config, vae, tok) -> dict:
     path = cfg.work / "unet" / "latents.pt"
     if path.is_file():
-        return torch.load(path, weights_only=False)
+        return torch.load(path, weights_only=True)
     n = cfg.unet["n_latents"]
     scenes = [world.scene_at(cfg.seed + 3, i) for i in range(n)]
     captions = sorted({s.caption for s in scenes})
@@ -453,7 +453,7 @@ def build_unet_te(cfg: Config):
 def load_unet_state(cfg: Config, ema: bool = True):
     """UNet and text encoder of the current checkpoint (EMA weights by default)."""
     unet, te = build_unet_te(cfg)
-    st = torch.load(cfg.work / "unet" / "state.pt", weights_only=False)
+    st = torch.load(cfg.work / "unet" / "state.pt", weights_only=True)
     unet.load_state_dict(st["ema_unet" if ema else "unet"])
     te.load_state_dict(st["ema_te" if ema else "te"])
     return unet.eval(), te.eval(), st["step"]
@@ -498,7 +498,7 @@ def stage_unet(cfg: Config, stop_after: int | None = None) -> None:
     step = 0
     ck = d / "state.pt"
     if ck.is_file():
-        st = torch.load(ck, weights_only=False)
+        st = torch.load(ck, weights_only=True)
         unet.load_state_dict(st["unet"])
         te.load_state_dict(st["te"])
         ema_unet.load_state_dict(st["ema_unet"])

@@ -33,6 +33,7 @@ def tiny_cfg(model_dir: Path, data_dir: Path, out_dir: Path, **overrides) -> dic
         optimizer="AdamW", mixed_precision="no", learning_rate=1e-3, unet_lr=1e-3, text_encoder_lr=1e-4,
         network_dim=4, network_alpha=4.0, train_batch_size=2, epoch=2, save_every_n_epochs=0, seed=1234,
         lr_scheduler="constant", save_precision="float", xformers="sdpa",
+        quality_report=False,  # on by default; the tests of the report (test_quality.py) turn it on
     )
     cfg.update(overrides)
     return cfg

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "patina.core.cli.config",
     "patina.core.cli.dataset",
     "patina.core.cli.train",
+    "patina.core.cli.demo",
 )
 
 

@@ -216,21 +216,42 @@ class QualityReport:
         return data
 
     # -- measuring -----------------------------------------------------------------------------------------
-    def _images(self, pipe, rp: ReportPrompt, weight: float):
-        """(N, H, W, 3) float images in [0, 1] of *rp* at LoRA *weight*, seeds fixed per prompt."""
+    def _seeds(self, sp: SamplePrompt) -> list[int]:
+        first = sp.seed if sp.seed is not None else seed_for(self.run.seed, "quality", sp.prompt) % (2**31 - 1)
+        return [first + k for k in range(self.seeds_n)]
+
+    def _images(self, pipe, weight: float) -> list:
+        """Per prompt, (N, H, W, 3) float images in [0, 1] at LoRA *weight*, with the prompt's fixed seeds.
+        Prompts that share size, steps, guidance, sampler and negative prompt go through the pipeline together."""
         import torch
 
         from patina.core.train.sampling import make_scheduler, prompt_kwargs
 
         run = self.run
-        sp = rp.sample
-        first = sp.seed if sp.seed is not None else seed_for(run.seed, "quality", sp.prompt) % (2**31 - 1)
-        gens = [torch.Generator("cpu").manual_seed(first + k) for k in range(self.seeds_n)]
-        pipe.scheduler = make_scheduler(sp.sampler or run.cfg["sample_sampler"], run.base.scheduler_config)
-        with run.network.weight(weight), torch.no_grad(), run.accelerator.autocast():
-            out = pipe(**prompt_kwargs(run, sp), generator=gens, num_images_per_prompt=self.seeds_n,
-                       output_type="np")
-        return out.images.astype("float32")
+        groups: dict[tuple, list[int]] = {}
+        for i, rp in enumerate(self.prompts):
+            sp = rp.sample
+            groups.setdefault((sp.width, sp.height, sp.steps, sp.cfg_scale, sp.sampler, sp.negative), []).append(i)
+        out: list = [None] * len(self.prompts)
+        for members in groups.values():
+            first = self.prompts[members[0]].sample
+            kw = prompt_kwargs(run, first)
+            batched = kw.get("prompt") is not None   # prompts given as text (not as embeddings) batch together
+            chunks = [members] if batched else [[i] for i in members]
+            for chunk in chunks:
+                sps = [self.prompts[i].sample for i in chunk]
+                if batched:
+                    kw = {**kw, "prompt": [sp.prompt for sp in sps],
+                          "negative_prompt": [first.negative] * len(sps) if first.negative else None}
+                else:
+                    kw = prompt_kwargs(run, sps[0])
+                gens = [torch.Generator("cpu").manual_seed(s) for sp in sps for s in self._seeds(sp)]
+                pipe.scheduler = make_scheduler(first.sampler or run.cfg["sample_sampler"], run.base.scheduler_config)
+                with run.network.weight(weight), torch.no_grad(), run.accelerator.autocast():
+                    images = pipe(**kw, generator=gens, num_images_per_prompt=self.seeds_n, output_type="np").images
+                for k, i in enumerate(chunk):
+                    out[i] = images[k * self.seeds_n:(k + 1) * self.seeds_n].astype("float32")
+        return out
 
     def _judge_scores(self, rp: ReportPrompt, images) -> dict:
         """{"concept": share judged the concept, "correct": share with the expected shape and colour}."""
@@ -327,7 +348,7 @@ class QualityReport:
         run.report.status("quality", f"Measuring quality after epoch {epoch}…")
         with inference(run) as pipe:
             if self.base_images is None:
-                self.base_images = [self._images(pipe, p, 0.0) for p in self.prompts]
+                self.base_images = self._images(pipe, 0.0)
                 base_rows = []
                 for rp, imgs in zip(self.prompts, self.base_images):
                     base_rows.append(self._judge_scores(rp, imgs) if self.judge is not None else {})
@@ -344,8 +365,7 @@ class QualityReport:
                     continue
                 per_prompt = []
                 firsts = []
-                for rp, base_imgs in zip(self.prompts, self.base_images):
-                    imgs = self._images(pipe, rp, w)
+                for rp, base_imgs, imgs in zip(self.prompts, self.base_images, self._images(pipe, w)):
                     firsts.append(imgs[0])
                     r = {"change": float(abs(imgs - base_imgs).mean())}
                     if self.judge is not None:
