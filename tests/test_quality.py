@@ -244,3 +244,19 @@ def test_grid_is_epochs_by_prompts_times_weights():
     arr = np.asarray(img)
     assert img.width == 40 + 6 * (64 + 2) and img.height == 30 + 2 * (64 + 2)
     assert arr[30 + 10, 40 + 10].tolist() == [0, 0, 0] and arr[30 + 66 + 10, 40 + 10].tolist() == [255, 255, 255]
+
+
+def test_the_terminal_shows_each_epochs_numbers():
+    report = {"judge": True, "base": {"fidelity": 0.0}, "best_epoch": 1,
+              "epochs": [_epoch(1, 0.05, 0.5, 1.0), _epoch(2, 0.04, 0.9, 0.95)]}
+    line = Q.epoch_line(report)
+    assert line.startswith("quality after epoch 2:") and "fidelity @1.0 90%" in line and "val. loss 0.0400" in line
+
+
+def test_the_plan_names_the_held_out_images(sd1_dir, tmp_path):
+    from patina.core.train.engine import plan
+
+    data = make_dataset(tmp_path, n=5, repeats=2)
+    p = plan(tiny_cfg(sd1_dir, data, tmp_path / "out", validation_split=0.2, quality_report=True))
+    assert "Validation: 1 image(s) held out of training" in p.text and "Quality report after every epoch" in p.text
+    assert p.steps_per_epoch == 4   # 4 training images × 2 repeats, batch 2

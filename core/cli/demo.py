@@ -34,15 +34,15 @@ def prepare_from_args(args) -> "object":
 
 
 def run(args) -> int:
-    from patina.core.cli.train import _Printer, _quiet_libraries
+    from patina.core.cli.train import Printer, quiet_libraries
 
     folder = prepare_from_args(args)
-    _quiet_libraries()
+    quiet_libraries()
     from patina.core.train.engine import train
     from patina.core.train.quality import format_table
 
     started = time.time()
-    fin = train(folder.config, _Printer(args.quiet), overwrite=True)
+    fin = train(folder.config, Printer(args.quiet), overwrite=True)
     minutes = (time.time() - started) / 60
     print(fin.message, flush=True)
     if fin.status != "finished":

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(handler=_bench)
 
 
-class _Printer:
+class Printer:
     """Turns engine events into terminal output: a tqdm bar plus log lines."""
 
     def __init__(self, quiet: bool):
@@ -74,6 +74,10 @@ class _Printer:
             self._write(f"saved {ev.path}")
         elif isinstance(ev, E.Sample):
             self._write(f"sample {ev.path}")
+        elif isinstance(ev, E.Quality):
+            from patina.core.train.quality import epoch_line
+
+            self._write(epoch_line(ev.report))
         elif isinstance(ev, E.Finished):
             if self.bar is not None:
                 self.bar.close()
@@ -86,7 +90,7 @@ class _Printer:
             print(text, flush=True)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep the terminal for Patina's own progress: no library progress bars or advisory warnings."""
     import os
 
@@ -99,7 +103,7 @@ def _quiet_libraries() -> None:
 
 
 def _train(args) -> int:
-    _quiet_libraries()
+    quiet_libraries()
     from patina.core.config.files import apply_overrides, format_load_report, read_config
     from patina.core.train.events import Commands
 
@@ -137,7 +141,7 @@ def _train(args) -> int:
     try:
         from patina.core.train.engine import train
 
-        fin = train(values, _Printer(args.quiet), commands, resume=args.resume, overwrite=args.overwrite)
+        fin = train(values, Printer(args.quiet), commands, resume=args.resume, overwrite=args.overwrite)
     finally:
         signal.signal(signal.SIGINT, old)
     stream = sys.stderr if fin.status == "failed" else sys.stdout

@@ -64,7 +64,7 @@ SETTINGS = {
     "save_precision": "fp16",
     "save_every_n_epochs": 0,
     "sample_every_n_epochs": 1,
-    "sample_sampler": "euler_a",
+    "sample_sampler": "ddim",
     "sample_prompts": SAMPLE_PROMPTS,
     "quality_report": True,
     "quality_prompts": QUALITY_PROMPTS,

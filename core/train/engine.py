@@ -117,6 +117,13 @@ def plan_event(rp: RunPlan, family: str = "auto", problems: list | None = None) 
         + ", ".join(f"{k} ({v})" for k, v in rp.data.bucket_histogram().items()),
         f"  Output: {rp.output_path}",
     ]
+    held = rp.data.validation_items
+    if held:
+        lines.append(f"  Validation: {len(held)} image(s) held out of training (validation split "
+                     f"{cfg['validation_split']:g}): " + ", ".join(rp.data.items[i].image.path.name for i in held[:5])
+                     + (" …" if len(held) > 5 else ""))
+    if cfg["quality_report"]:
+        lines.append("  Quality report after every epoch (LoRA weights " + cfg["quality_weights"] + ")")
     if scan.skipped:
         lines.append(f"  Skipped {len(scan.skipped)} file(s):")
         lines += [f"    {s.path} — {s.reason}" for s in scan.skipped]

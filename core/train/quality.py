@@ -150,6 +150,15 @@ def _pct(v) -> str:
     return "—" if v is None else f"{v:.0%}"
 
 
+def epoch_line(report: dict) -> str:
+    """One line for the latest epoch of *report* (the terminal's progress output)."""
+    header, rows = table(report)
+    if not rows:
+        return "quality: nothing measured"
+    cells = [f"{h.lower()} {c}" for h, c in zip(header[1:], rows[-1][1:])]
+    return f"quality after epoch {rows[-1][0]}: " + ", ".join(cells)
+
+
 def format_table(report: dict) -> str:
     header, rows = table(report)
     if not header:
