@@ -123,6 +123,12 @@ class DatasetTabLayout:
         row.addWidget(self.empty_demo)
         row.addStretch(1)
         bl.addLayout(row)
+        self.empty_demo_note = QLabel("New to LoRA training? <b>Try the demo</b> trains a small LoRA on a tiny "
+                                      "model that comes with Patina, in a few minutes, even without a GPU.",
+                                      self.empty)
+        self.empty_demo_note.setWordWrap(True)
+        self.empty_demo_note.setStyleSheet("color: palette(placeholder-text);")
+        bl.addWidget(self.empty_demo_note)
         el = QVBoxLayout(self.empty)
         el.addStretch(1)
         eh = QHBoxLayout()

@@ -10,7 +10,7 @@ import html
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush, QColor, QImage, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QScrollArea, QSplitter, QStackedLayout,
+from PySide6.QtWidgets import (QAbstractItemView, QAbstractScrollArea, QHeaderView, QLabel, QScrollArea, QSplitter, QStackedLayout,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 EMPTY_TEXT = ("The quality report appears here after the first epoch: how much the LoRA changes its trigger "
@@ -67,7 +67,7 @@ class QualityView(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.verticalHeader().hide()
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
         self.explain_label = QLabel(EXPLAIN, self)
         self.explain_label.setWordWrap(True)
         self.explain_label.setStyleSheet("color: palette(placeholder-text);")
@@ -78,11 +78,11 @@ class QualityView(QWidget):
         self.legend_label.setWordWrap(True)
         self.legend_label.setTextFormat(Qt.TextFormat.RichText)
         self.legend_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        left = QWidget(self)
+        self.left = left = QWidget(self)
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 0, 0)
         ll.setSpacing(6)
-        ll.addWidget(self.table, 1)
+        ll.addWidget(self.table)
         ll.addWidget(self.best_label)
         ll.addWidget(self.explain_label)
         legend_scroll = QScrollArea(left)
@@ -103,8 +103,9 @@ class QualityView(QWidget):
         self.content = QSplitter(Qt.Orientation.Horizontal, self)
         self.content.addWidget(left)
         self.content.addWidget(self.grid_scroll)
-        self.content.setStretchFactor(0, 2)
-        self.content.setStretchFactor(1, 3)
+        self.content.setStretchFactor(0, 0)   # the table as wide as its columns; the grid gets the rest
+        self.content.setStretchFactor(1, 1)
+        self._sized = False
         self.content.setChildrenCollapsible(False)
 
         self._stack = QStackedLayout(self)
@@ -119,6 +120,7 @@ class QualityView(QWidget):
         self.report = None
         self.grid_path = None
         self.best_row = None
+        self._sized = False
         self.table.clear()
         self.table.setRowCount(0)
         self.table.setColumnCount(0)
@@ -142,6 +144,25 @@ class QualityView(QWidget):
         self._fill_legend(report)
         self._load_grid(grid_path)
         self._stack.setCurrentWidget(self.content)
+        self._fit_panels()
+
+    def _fit_panels(self) -> None:
+        """Once per run, when the report is first shown: the table as wide as its columns (at most 60 %), the
+        grid the rest. Later the user's splitter position stays."""
+        total = self.content.width()
+        if self._sized or self.report is None or not self.content.isVisible() or total < 200:
+            return
+        self._sized = True
+        left = min(self.table.sizeHint().width() + 8, int(total * 0.6))
+        self.content.setSizes([left, total - left])
+
+    def resizeEvent(self, event):  # noqa: N802
+        super().resizeEvent(event)
+        self._fit_panels()
+
+    def showEvent(self, event):  # noqa: N802
+        super().showEvent(event)
+        self._fit_panels()
 
     def _fill_table(self, header: list[str], rows: list[list[str]]) -> None:
         self.table.clear()
@@ -179,7 +200,7 @@ class QualityView(QWidget):
             tag = kind[:1].upper()
             lines.append(f"<b>{html.escape(str(p.get('id', '')))}{tag}</b> ({html.escape(kind)}): "
                          f"{html.escape(str(p.get('prompt', '')))}")
-        head = "<b>Prompts</b> (T = trigger, C = class, without the trigger word)"
+        head = "<b>Prompts</b> — T: trigger prompt, C: class prompt (without the trigger word)"
         if weights:
             head += f" · LoRA weights {html.escape(weights)} (0 = the base model)"
         self.legend_label.setText(head + "<br>" + "<br>".join(lines))

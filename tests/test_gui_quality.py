@@ -74,6 +74,12 @@ def test_quality_events_fill_the_table_highlight_the_best_row_and_show_the_grid(
     # The grid at 1:1, reloaded from the newest event (3 epoch rows).
     pix = q.grid_label.pixmap()
     assert (pix.width(), pix.height()) == (40 + 6 * 98, 30 + 3 * 98)
+    # Shown: the table as wide as its columns (at most 60 %), the wide grid gets the rest.
+    m.bottom.setCurrentWidget(q)
+    qtbot.waitUntil(lambda: q._sized, timeout=3000)
+    left, right = q.content.sizes()
+    assert left == min(q.table.sizeHint().width() + 8, int((left + right) * 0.6))
+    assert right > 300
 
 
 def test_a_grid_rewritten_at_the_same_path_is_reloaded(qtbot, tmp_path):
