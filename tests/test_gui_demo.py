@@ -122,3 +122,30 @@ def test_launcher_run_demo_opens_the_window_with_the_demo_started(qtbot, home, s
     assert launcher.run_demo(demo.config_path) == 0
     assert seen == [(demo.config_path, "monitor")]
     assert json.loads(demo.config_path.read_text())  # the config was left as it was written
+
+
+def test_the_demo_trains_end_to_end_and_fills_the_quality_report(win, qtbot, home, messages, monkeypatch):
+    """Try the demo with the real engine on the shipped demo model, made short: one epoch, two report prompts
+    of a few sampling steps at weights 0 and 1, one seed."""
+    pytest.importorskip("diffusers")
+    from patina.gui.monitor_tab import PlanDialog
+
+    opts = "--w 64 --h 64 --s 3 --l 5"
+    monkeypatch.setitem(demo_setup.SETTINGS, "epoch", 1)
+    monkeypatch.setitem(demo_setup.SETTINGS, "sample_every_n_epochs", 0)
+    monkeypatch.setitem(demo_setup.SETTINGS, "quality_seeds", 1)
+    monkeypatch.setitem(demo_setup.SETTINGS, "quality_weights", "0,1")
+    monkeypatch.setitem(demo_setup.SETTINGS, "quality_prompts",
+                        f"a red zorbo shape on a white background {opts} --d 1\n"
+                        f"a red circle on a white background {opts} --d 1")
+    monkeypatch.setattr(PlanDialog, "exec", lambda self: PlanDialog.DialogCode.Accepted)
+    with qtbot.waitSignal(win.monitor.finished, timeout=120000) as fin:
+        assert win.try_demo()
+    assert fin.args[0].status == "finished", fin.args[0].message
+    q = win.monitor.quality
+    assert q.has_report() and q.table.rowCount() == 1 and q.best_row == 0
+    assert q.table.item(0, 0).text() == "1 ★"
+    assert not q.grid_label.pixmap().isNull()
+    folder = home / "Documents" / "Patina demo"
+    assert q.grid_path == str(folder / "output" / "zorbo-quality.png")
+    assert json.loads((folder / "output" / "zorbo-quality.json").read_text())["best_epoch"] == 1
