@@ -189,6 +189,7 @@ class QualityView(QWidget):
                     item.setForeground(QBrush(QColor(BEST_TEXT)))
                     item.setToolTip(self.report.get("best_reason") or "")
                 self.table.setItem(r, c, item)
+        self.table.setCurrentCell(-1, -1)   # no focus frame over the best row's tint
         if rows:
             self.table.scrollToItem(self.table.item(len(rows) - 1, 0))
 

@@ -77,6 +77,10 @@ def test_quality_events_fill_the_table_highlight_the_best_row_and_show_the_grid(
     # Shown: the table as wide as its columns (at most 60 %), the wide grid gets the rest.
     m.bottom.setCurrentWidget(q)
     qtbot.waitUntil(lambda: q._sized, timeout=3000)
+    m.activateWindow()
+    q.table.setFocus()
+    qtbot.wait(50)
+    assert q.table.currentItem() is None   # no focus frame drawn over a row
     left, right = q.content.sizes()
     assert left == min(q.table.sizeHint().width() + 8, int((left + right) * 0.6))
     assert right > 300
