@@ -120,5 +120,21 @@ def run_app(argv: list[str] | None = None) -> int:
     return app.exec()
 
 
+def run_demo(config_path: str | os.PathLike) -> int:
+    """Open the window with a demo folder's config (``patina.core.demo.setup.prepare``) loaded and its training
+    started, as Help > Try the demo does; returns when the window is closed (0). Call it through
+    :func:`patina.gui.launcher.run_demo`, which first checks that a window can open."""
+    app = make_application()
+    from PySide6.QtCore import QTimer
+
+    from patina.gui.main_window import MainWindow
+
+    window = MainWindow(probe_device=False)   # the demo's config replaces a new config's machine defaults
+    window.show()
+    # After the window is up: the plan dialog and any message open over it.
+    QTimer.singleShot(0, lambda: window.start_demo(config_path))
+    return app.exec()
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(run_app())

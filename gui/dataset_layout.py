@@ -112,10 +112,23 @@ class DatasetTabLayout:
         bl.addWidget(self.empty_title)
         bl.addWidget(self.empty_problem)
         bl.addWidget(self.empty_text)
+        self.empty_demo = QPushButton("Try the demo", self.empty)
+        self.empty_demo.setObjectName("tryDemoButton")
+        self.empty_demo.setToolTip("Copy a small demo dataset into a new folder (Documents/Patina demo) and train a "
+                                   "LoRA on the tiny demo model that comes with Patina: a few minutes, no GPU needed")
+        self.empty_demo.setMinimumHeight(self.empty_wizard.minimumHeight())
+        self.empty_demo.setStyleSheet("padding: 4px 16px;")
         row = QHBoxLayout()
         row.addWidget(self.empty_wizard)
+        row.addWidget(self.empty_demo)
         row.addStretch(1)
         bl.addLayout(row)
+        self.empty_demo_note = QLabel("New to LoRA training? <b>Try the demo</b> trains a small LoRA on a tiny "
+                                      "model that comes with Patina, in a few minutes, even without a GPU.",
+                                      self.empty)
+        self.empty_demo_note.setWordWrap(True)
+        self.empty_demo_note.setStyleSheet("color: palette(placeholder-text);")
+        bl.addWidget(self.empty_demo_note)
         el = QVBoxLayout(self.empty)
         el.addStretch(1)
         eh = QHBoxLayout()

@@ -59,6 +59,7 @@ class DatasetTab(DatasetTabLayout, BatchCaptionEdits, QWidget):
     """
 
     folders_prepared = Signal(dict)
+    demo_requested = Signal()          # "Try the demo" on the empty page; the window prepares and starts it
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -129,6 +130,7 @@ class DatasetTab(DatasetTabLayout, BatchCaptionEdits, QWidget):
         self.reload_button.clicked.connect(self.reload)
         self.wizard_button.clicked.connect(self.open_wizard)
         self.empty_wizard.clicked.connect(self.open_wizard)
+        self.empty_demo.clicked.connect(self.demo_requested)
 
         self.batch_panel.replace_requested.connect(self.replace_in_captions)
         self.batch_panel.prefix_requested.connect(self._on_prefix)

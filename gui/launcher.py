@@ -127,6 +127,25 @@ def _start_gui(argv: list[str]) -> int:
         return 1
 
 
+def run_demo(config_path) -> int:
+    """``patina demo``: open the window with the demo folder's config *config_path* loaded and its training
+    started (:func:`patina.gui.app.run_demo`). Returns 1 with the reason reported when no window can open,
+    else the window's exit status when it is closed."""
+    from patina.gui.qt_preflight import check
+
+    problem = check(screenshot=False)
+    if problem is not None:
+        report_startup_failure(problem.text())
+        return 1
+    try:
+        from patina.gui.app import run_demo as run_demo_window
+        return run_demo_window(config_path)
+    except Exception as exc:  # noqa: BLE001 - anything that stops the window from starting is reported
+        report_startup_failure(f"patina: the window could not start: {type(exc).__name__}: {exc}\n\n"
+                               f"{traceback.format_exc()}")
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _wants_gui(argv):

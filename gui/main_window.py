@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QLabel, QMainWindow, QMenu, QMessageBox, QSizePol
 
 from patina.core import __version__
 from patina.core.config.schema import BY_KEY, defaults
+from patina.core.errors import PatinaError
 from patina.core.paths import resources_dir
 from patina.gui.config_document import ConfigDocument
 from patina.gui.dataset_tab import DatasetTab
@@ -28,6 +29,9 @@ from patina.gui.training_tab import TrainingTab
 TABS = ("dataset", "training", "monitor")
 TAB_TITLES = {"dataset": "Dataset", "training": "Training", "monitor": "Monitor"}
 DATASET_KEYS = ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir")
+DEMO_TIP = ("Copy a small demo dataset into a new folder (Documents/Patina demo) and train a LoRA on the tiny demo "
+            "model that comes with Patina: a few minutes, no GPU needed")
+DEMO_BUSY_TIP = "Training is running: stop it (Monitor tab) before trying the demo."
 
 
 def app_icon() -> QIcon:
@@ -91,6 +95,7 @@ class MainWindow(ConfigDocument, QMainWindow):
         self.monitor.running_changed.connect(self._running_changed)
         self.monitor.finished.connect(self._run_finished)
         self.dataset_tab.folders_prepared.connect(self.apply_prepared_folders)
+        self.dataset_tab.demo_requested.connect(self.try_demo)
         self._dataset_timer = QTimer(self)
         self._dataset_timer.setSingleShot(True)
         self._dataset_timer.setInterval(300)
@@ -180,6 +185,7 @@ class MainWindow(ConfigDocument, QMainWindow):
         self.act_open_presets = act("Open presets folder", self._open_presets_folder)
         self.act_quit = act("Quit", self.close, QKeySequence.StandardKey.Quit)
         self.act_about = act("About Patina", self._about)
+        self.act_demo = act("Try the demo", self.try_demo, None, None, DEMO_TIP)
 
     def _build_toolbar(self) -> None:
         tb = QToolBar("Configuration", self)
@@ -223,6 +229,8 @@ class MainWindow(ConfigDocument, QMainWindow):
         file_menu.addAction(self.act_quit)
         mb.addMenu(self.presets_menu)
         help_menu = mb.addMenu("&Help")
+        help_menu.addAction(self.act_demo)
+        help_menu.addSeparator()
         help_menu.addAction(self.act_about)
 
     # -- dataset tab --------------------------------------------------------------------------------------------
@@ -280,6 +288,44 @@ class MainWindow(ConfigDocument, QMainWindow):
 
     def _running_changed(self, running: bool) -> None:
         self.training.set_running(running)
+        tip = DEMO_BUSY_TIP if running else DEMO_TIP
+        for widget in (self.act_demo, self.dataset_tab.empty_demo):
+            widget.setEnabled(not running)
+            widget.setToolTip(tip)
+        self.act_demo.setStatusTip(tip)
+
+    # -- the demo ---------------------------------------------------------------------------------------------
+
+    def try_demo(self) -> bool:
+        """Help > Try the demo: copy the demo dataset to a new folder (``patina.core.demo.setup.prepare``), open
+        its config as File > Open does, and start training as the Start button does. False if it did not start."""
+        if self.monitor.is_busy():
+            self.statusBar().showMessage(DEMO_BUSY_TIP, 8000)
+            return False
+        if not self.maybe_save("trying the demo"):
+            return False
+        from patina.core.demo.setup import prepare
+
+        try:
+            demo = prepare()
+        except PatinaError as exc:
+            QMessageBox.critical(self, "The demo cannot start", str(exc))
+            return False
+        return self.start_demo(demo.config_path, where=demo.root)
+
+    def start_demo(self, config_path, *, where=None) -> bool:
+        """Open a demo folder's config and start training it (also used by ``patina demo``)."""
+        if self.monitor.is_busy():
+            self.statusBar().showMessage(DEMO_BUSY_TIP, 8000)
+            return False
+        if not self.open_file(config_path):
+            return False
+        folder = Path(where) if where is not None else Path(config_path).parent
+        self.tabs.setCurrentWidget(self.monitor)
+        if not self.monitor.start():   # settings to fix: the Training tab shows them
+            return False
+        self.statusBar().showMessage(f"Demo folder: {folder} (images in img/, the LoRA in output/).", 30000)
+        return True
 
     def _run_finished(self, fin) -> None:
         if self._quit_when_stopped:

@@ -4,7 +4,7 @@ Start checks every setting first (the schema, plus the engine's dry-run :func:`p
 the GUI thread), shows the plan in a confirm dialog and asks before overwriting an existing LoRA file.
 The run itself happens in a :class:`~patina.gui.worker.TrainingWorker` thread; its events arrive here as queued
 signals and feed the live charts (pyqtgraph, imported when the charts are first needed), the progress
-bars, the status line, the log and the sample gallery.
+bars, the status line, the log, the sample gallery and the quality report (:mod:`~patina.gui.quality_view`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QGridLayout, QHBoxLayo
                                QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
 from patina.core.errors import PatinaError
-from patina.core.train.events import EpochEnd, Finished, Log, Metrics, Plan, Progress, Sample, Saved, Status
+from patina.core.train.events import EpochEnd, Finished, Log, Metrics, Plan, Progress, Quality, Sample, Saved, Status
 from patina.core.config.schema import REQUIRED_TO_START  # noqa: F401 - re-exported for the Training tab
 from patina.core.config.schema import FAMILY_LABELS, Problem, check_values, errors, missing_required
 from patina.gui.param_fields import problem_text
 from patina.gui.live_charts import LiveCharts
+from patina.gui.quality_view import QualityView
 from patina.gui.sample_gallery import SampleGallery
 from patina.gui.widgets import Banner
 from patina.gui.tasks import run_task
@@ -299,6 +300,8 @@ class MonitorTab(QWidget):
         self.bottom.addTab(self.gallery, "Samples")
         self.bottom.addTab(self.log, "Log")
         self.bottom.addTab(self.plan_view, "Plan")
+        self.quality = QualityView(self)
+        self.bottom.addTab(self.quality, "Quality")
         self.gallery.count_changed.connect(
             lambda n: self.bottom.setTabText(0, f"Samples ({n})" if n else "Samples"))
 
@@ -443,6 +446,8 @@ class MonitorTab(QWidget):
         self.gallery.clear()
         self.log.clear()
         self.bottom.setTabText(1, "Log")
+        self.quality.clear()
+        self.bottom.setTabText(self.bottom.indexOf(self.quality), "Quality")
         self.banner.hide()
         self._reset_bars(running=True)
         for lab in (self.speed_label, self.elapsed_label, self.eta_label, self.loss_label):
@@ -500,6 +505,11 @@ class MonitorTab(QWidget):
             self._log(f"Epoch {ev.epoch} done at step {ev.step}: average loss {ev.avg_loss:.4f}", "info")
         elif isinstance(ev, Sample):
             self.gallery.add_sample(ev)
+        elif isinstance(ev, Quality):
+            self.quality.set_report(ev.report, ev.grid_path)
+            best = ev.report.get("best_epoch")
+            self.bottom.setTabText(self.bottom.indexOf(self.quality),
+                                   f"Quality (best: epoch {best})" if best is not None else "Quality")
         elif isinstance(ev, Saved):
             what = "training state" if ev.kind == "state" else "LoRA"
             self._log(f"Saved {what}: {ev.path}", "info")

@@ -303,8 +303,9 @@ def test_real_engine_run_from_the_window(qtbot, tmp_path, monkeypatch):
     data = make_dataset(tmp_path)
     w = MainWindow(restore_session=False)
     qtbot.addWidget(w)
+    # The quality report (minutes on this CPU) has its own end-to-end test (test_gui_demo.py).
     w.form.set_values(tiny_cfg(model, data, tmp_path / "out", epoch=1, sample_every_n_epochs=1,
-                               sample_prompts="sks toy"))
+                               sample_prompts="sks toy", quality_report=False))
     w._mark_clean()
     qtbot.waitUntil(lambda: w.form.detected_family == "sd1", timeout=60000)
     with qtbot.waitSignal(w.monitor.finished, timeout=120000) as fin:
