@@ -146,10 +146,38 @@ def run_demo(config_path) -> int:
         return 1
 
 
+def _demo_in_window(argv: list[str]) -> bool:
+    """``patina demo`` opens the window unless told --headless (or asking for help) or no window can open
+    (no display, or an offscreen Qt platform: a window nobody sees would train with no one watching)."""
+    if argv[:1] != ["demo"] or any(a in ("--headless", "-h", "--help") for a in argv[1:]):
+        return False
+    if os.environ.get("QT_QPA_PLATFORM", "").split(":")[0] in ("offscreen", "minimal"):
+        return False
+    from patina.gui.qt_preflight import check
+
+    problem = check(screenshot=False)
+    if problem is not None:
+        print(f"{problem.summary} The demo trains in the terminal instead.", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _wants_gui(argv):
         return _start_gui(argv)
+    if _demo_in_window(argv):
+        from patina.core.cli import build_parser
+        from patina.core.cli.demo import prepare_from_args
+        from patina.core.errors import PatinaError
+
+        args = build_parser().parse_args(argv)
+        try:
+            folder = prepare_from_args(args)
+        except PatinaError as exc:
+            print(f"patina: {exc}", file=sys.stderr)
+            return exc.exit_code
+        return run_demo(folder.config_path)
     from patina.core.cli import main as cli_main
     return cli_main(argv)
 

@@ -149,3 +149,26 @@ def test_the_demo_trains_end_to_end_and_fills_the_quality_report(win, qtbot, hom
     folder = home / "Documents" / "Patina demo"
     assert q.grid_path == str(folder / "output" / "zorbo-quality.png")
     assert json.loads((folder / "output" / "zorbo-quality.json").read_text())["best_epoch"] == 1
+
+
+def test_patina_demo_opens_the_window_only_where_one_can_be_seen(home, monkeypatch):
+    from patina.gui import launcher, qt_preflight
+
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert not launcher._demo_in_window(["demo"])            # nobody would see it: train in the terminal
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    monkeypatch.setattr(qt_preflight, "check", lambda **kw: None)
+    assert launcher._demo_in_window(["demo", "--out", str(home / "d")])
+    assert not launcher._demo_in_window(["demo", "--headless"]) and not launcher._demo_in_window(["train", "x"])
+    monkeypatch.setattr(qt_preflight, "check", lambda **kw: qt_preflight.Problem("patina: no display.", []))
+    assert not launcher._demo_in_window(["demo"])
+
+    monkeypatch.setattr(qt_preflight, "check", lambda **kw: None)
+    opened = []
+    monkeypatch.setattr(launcher, "run_demo", lambda path: opened.append(path) or 0)
+    assert launcher.main(["demo", "--out", str(home / "d")]) == 0
+    assert opened == [home / "d" / demo_setup.CONFIG_NAME] and (home / "d" / "img").is_dir()
+    (home / "mine").mkdir()
+    (home / "mine" / "notes.txt").write_text("keep", encoding="utf-8")
+    assert launcher.main(["demo", "--out", str(home / "mine")]) == 2        # a user's folder is refused
+    assert (home / "mine" / "notes.txt").read_text(encoding="utf-8") == "keep" and len(opened) == 1

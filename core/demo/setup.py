@@ -22,7 +22,7 @@ MARKER = ".patina-demo"   # written into a demo folder, so preparing it again ma
 
 # Samples every epoch, and the quality report's prompts: trigger prompts (the concept in colours and on
 # backgrounds it was shown in and not) and class prompts of the pretraining grammar (what must not change).
-_OPTS = "--w 64 --h 64 --s 20 --l 5"
+_OPTS = "--w 64 --h 64 --s 12 --l 5"
 SAMPLE_PROMPTS = "\n".join([
     f"a red {world.TRIGGER} shape on a white background {_OPTS} --d 1",
     f"a blue {world.TRIGGER} shape on a sky and grass background {_OPTS} --d 2",
@@ -68,7 +68,7 @@ SETTINGS = {
     "sample_prompts": SAMPLE_PROMPTS,
     "quality_report": True,
     "quality_prompts": QUALITY_PROMPTS,
-    "quality_seeds": 6,
+    "quality_seeds": 4,
     "quality_weights": "0,0.5,0.8,1.0",
     "seed": 42,
     "training_comment": "Patina demo: the zorbo concept on the Patina demo model",
