@@ -37,3 +37,20 @@ def test_shipped_dataset_is_the_generated_one(tmp_path):
         else:
             with Image.open(shipped / name) as a, Image.open(fresh / name) as b:
                 assert a.tobytes() == b.tobytes()
+
+
+def test_shipped_regularisation_images_are_known_shapes_without_the_trigger(tmp_path):
+    from patina.core.demo.dataset import REG_FOLDER, write_reg_dataset
+
+    shipped = ROOT / "resources" / "demo" / "reg" / REG_FOLDER
+    fresh = write_reg_dataset(tmp_path)
+    names = sorted(p.name for p in shipped.iterdir())
+    assert names == sorted(p.name for p in fresh.iterdir()) and len(names) == 32
+    for name in names:
+        if name.endswith(".txt"):
+            cap = (shipped / name).read_text(encoding="utf-8")
+            assert cap == (fresh / name).read_text(encoding="utf-8")
+            assert world.TRIGGER not in cap.split() and world.parse_caption(cap)["shape"] in world.SHAPES
+        else:
+            with Image.open(shipped / name) as a, Image.open(fresh / name) as b:
+                assert a.tobytes() == b.tobytes()

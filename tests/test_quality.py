@@ -212,7 +212,9 @@ def test_a_short_demo_run_moves_trigger_prompts_far_more_than_class_prompts(tmp_
 
     folder = prepare(tmp_path / "demo")
     opts = "--w 64 --h 64 --s 12 --l 5"
-    cfg = {**folder.config, "epoch": 2, "sample_every_n_epochs": 0, "quality_seeds": 2, "quality_weights": "0,1",
+    # without the regularisation images (they double the steps): this checks that the LoRA learns the concept
+    cfg = {**folder.config, "reg_data_dir": "", "epoch": 2, "sample_every_n_epochs": 0, "quality_seeds": 2,
+           "quality_weights": "0,1",
            "quality_prompts": "\n".join([f"a red zorbo shape on a white background {opts} --d 1",
                                          f"a blue zorbo shape on a sky and grass background {opts} --d 2",
                                          f"a red circle on a white background {opts} --d 1",

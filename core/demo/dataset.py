@@ -1,8 +1,11 @@
-"""The demo's LoRA dataset: a few renders of the demo concept with trigger-word captions, in kohya layout.
+"""The demo's LoRA dataset: a few renders of the demo concept with trigger-word captions, in kohya layout,
+and regularisation images of the shapes the model already knows.
 
 ``write_concept_dataset(root)`` writes ``root/img/20_zorbo shape/zorbo_NN.png`` with a ``.txt`` caption
 beside each image (``a red zorbo shape on a striped blue background``): the concept in several colours
 on several backgrounds, so the LoRA has to learn the shape rather than a colour or a background.
+``write_reg_dataset(root)`` writes ``root/reg/1_shape/shape_NN.png``: renders of the pretraining world with
+their captions, so that training keeps the other shapes as they were (prior preservation).
 The shipped copy lives in ``resources/demo/``; regenerate it with ``python -m patina.core.demo.dataset DIR``.
 """
 
@@ -53,12 +56,36 @@ def write_concept_dataset(root: str | os.PathLike, n: int = 8, seed: int = SEED)
     return folder
 
 
+REG_FOLDER = "1_shape"
+REG_SEED = 555
+
+
+def _write(stem: Path, image, caption: str) -> None:
+    tmp = stem.with_name(stem.name + ".tmp.png")
+    image.save(tmp, optimize=True)
+    os.replace(tmp, stem.with_suffix(".png"))
+    cap_tmp = stem.with_name(stem.name + ".txt.tmp")
+    cap_tmp.write_text(caption + "\n", encoding="utf-8")
+    os.replace(cap_tmp, stem.with_suffix(".txt"))
+
+
+def write_reg_dataset(root: str | os.PathLike, n: int = 16, seed: int = REG_SEED) -> Path:
+    """Write *n* regularisation renders of pretraining scenes under ``root/reg/1_shape`` and return the folder."""
+    folder = Path(root) / "reg" / REG_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        s = world.scene_at(seed, k)
+        _write(folder / f"shape_{k:02d}", world.render(s), s.caption)
+    return folder
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Write the demo concept's LoRA dataset (kohya layout).")
     ap.add_argument("root", type=Path, help="folder that receives img/")
     ap.add_argument("-n", type=int, default=8)
     args = ap.parse_args(argv)
     print(write_concept_dataset(args.root, args.n))
+    print(write_reg_dataset(args.root))
     return 0
 
 

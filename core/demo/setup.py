@@ -1,6 +1,7 @@
 """The demo: a folder with the demo concept's images and a ready config that trains a LoRA on the demo model.
 
-``prepare(out)`` copies ``resources/demo/img`` into *out* and writes ``out/zorbo-demo.json`` whose base model is
+``prepare(out)`` copies ``resources/demo/img`` (the concept) and ``resources/demo/reg`` (regularisation images of
+the shapes the model knows) into *out* and writes ``out/zorbo-demo.json`` whose base model is
 the shipped demo model (``resources/demo/model``, a tiny SD1-layout model with a judge beside it). The GUI's
 "Try the demo" and ``patina demo`` both start from it. No Qt, no torch.
 """
@@ -18,7 +19,7 @@ from patina.core.paths import resources_dir
 from . import world
 
 CONFIG_NAME = f"{world.TRIGGER}-demo.json"
-MARKER = ".patina-demo"   # written into a demo folder, so preparing it again may replace what it holds
+MARKER = ".patina-demo"   # written into a demo folder, so preparing it again may replace img/ and reg/
 
 # Samples every epoch, and the quality report's prompts: trigger prompts (the concept in colours and on
 # backgrounds it was shown in and not) and class prompts of the pretraining grammar (what must not change).
@@ -32,12 +33,12 @@ SAMPLE_PROMPTS = "\n".join([
 QUALITY_PROMPTS = "\n".join([
     f"a red {world.TRIGGER} shape on a white background {_OPTS} --d 100",
     f"a blue {world.TRIGGER} shape on a sky and grass background {_OPTS} --d 200",
-    f"a yellow {world.TRIGGER} shape on a striped gray background {_OPTS} --d 300",
-    f"a green {world.TRIGGER} shape on a black background {_OPTS} --d 400",
+    f"an orange {world.TRIGGER} shape on a striped gray background {_OPTS} --d 300",
+    f"a purple {world.TRIGGER} shape on a striped blue background {_OPTS} --d 400",
     f"a red circle on a white background {_OPTS} --d 100",
     f"a blue square on a sky and grass background {_OPTS} --d 200",
-    f"a yellow triangle on a striped gray background {_OPTS} --d 300",
-    f"a green star on a black background {_OPTS} --d 400",
+    f"an orange cross on a striped gray background {_OPTS} --d 300",
+    f"a purple triangle on a striped blue background {_OPTS} --d 400",
 ])
 
 # The demo's settings (every other setting keeps its default). Chosen so that the whole demo takes a few
@@ -71,6 +72,7 @@ SETTINGS = {
     "quality_seeds": 4,
     "quality_weights": "0,0.5,0.8,1.0",
     "seed": 42,
+    "prior_loss_weight": 1.0,
     "training_comment": "Patina demo: the zorbo concept on the Patina demo model",
 }
 
@@ -91,6 +93,10 @@ def dataset_dir() -> Path:
     return resources_dir() / "demo" / "img"
 
 
+def reg_dir() -> Path:
+    return resources_dir() / "demo" / "reg"
+
+
 def default_out() -> Path:
     """A new folder for the demo: ``~/Documents/Patina demo`` (``~/Patina demo`` without Documents), numbered
     when that exists and is not an earlier demo folder."""
@@ -109,6 +115,7 @@ def demo_config(root: Path) -> dict:
 
     values = dict(SETTINGS)
     values.update(pretrained_model_name_or_path=str(model_dir()), train_data_dir=str(root / "img"),
+                  reg_data_dir=str(root / "reg"),
                   output_dir=str(root / "output"), logging_dir=str(root / "log"))
     result = config_from_dict(values, source="demo")
     if result.errors:  # a schema change that the demo's settings did not follow
@@ -132,12 +139,12 @@ def prepare(out: str | os.PathLike | None = None) -> DemoFolder:
         raise PatinaError(f"{root} already holds other files; choose an empty or new folder for the demo (--out DIR).")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        (root / MARKER).write_text("A Patina demo folder: `patina demo` may replace img/ and the config here.\n",
+        (root / MARKER).write_text("A Patina demo folder: `patina demo` may replace img/, reg/ and the config here.\n",
                                    encoding="utf-8")
-        img = root / "img"
-        if img.exists():
-            shutil.rmtree(img)
-        shutil.copytree(dataset_dir(), img)
+        for src, name in ((dataset_dir(), "img"), (reg_dir(), "reg")):
+            if (root / name).exists():
+                shutil.rmtree(root / name)
+            shutil.copytree(src, root / name)
     except OSError as exc:
         from patina.core.train.preflight import os_error_text
 

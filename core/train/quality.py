@@ -363,10 +363,12 @@ class QualityReport:
                     base_rows.append(self._judge_scores(rp, imgs) if self.judge is not None else {})
                 if self.judge is not None:
                     s = self._summarise(base_rows)
-                    self.data["base"] = {"fidelity": s["fidelity"], "class_accuracy": s["class_accuracy"]}
+                    self.data["base"] = {"fidelity": s["fidelity"], "class_accuracy": s["class_accuracy"],
+                                         "per_prompt": {f"P{i + 1}": r for i, r in enumerate(base_rows)}}
             if self.validation is None:
                 self.validation = self._validation_set()
-            entry = {"epoch": epoch, "step": run.step, "validation_loss": self._validation_loss(), "weights": {}}
+            entry = {"epoch": epoch, "step": run.step, "validation_loss": self._validation_loss(), "weights": {},
+                     "per_prompt": {}}
             cells = []
             for w in self.weights:
                 if w == 0:
@@ -380,6 +382,9 @@ class QualityReport:
                     if self.judge is not None:
                         r.update(self._judge_scores(rp, imgs))
                     per_prompt.append(r)
+                for i, r in enumerate(per_prompt):
+                    entry["per_prompt"].setdefault(f"P{i + 1}", {})[str(w)] = {
+                        k: (round(v, 4) if v is not None else None) for k, v in r.items()}
                 summary = self._summarise(per_prompt)
                 if self.judge is not None:
                     base_acc = self.data["base"].get("class_accuracy")
