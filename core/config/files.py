@@ -349,6 +349,16 @@ def import_kohya(data: Mapping[str, Any]) -> LoadResult:
         else:
             problems.append(Problem("LoRA_type", "is not supported; Patina trains Standard LoRA, Kohya LoCon, "
                                     "LyCORIS/LoHa and LyCORIS/LoKr", lt))
+    if raw.get("LoRA_type") == "LyCORIS/LoKr":
+        for key in ("network_dim", "conv_dim"):
+            try:
+                big = float(src.get(key)) > 512
+            except (TypeError, ValueError):
+                big = False
+            if big:  # kohya_ss's "full matrix" LoKr rank; 512 already gives full factors on every SD layer
+                raw[key] = 512
+                notes.append(f"{key} {src[key]} → 512 (LoKr: every rank from half the larger Kronecker factor on "
+                             "gives full factors; 512 covers every SD1/SD2/SDXL layer)")
     if "use_tucker" not in src and _truthy(src.get("use_cp")):
         raw["use_tucker"] = True  # kohya_ss's LoKr name for the same decomposition
         notes.append("use_cp → use_tucker")

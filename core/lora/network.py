@@ -29,9 +29,11 @@ tests/test_lycoris.py):
 
 * LoHa: ΔW = (hada_w1_a @ hada_w1_b) ⊙ (hada_w2_a @ hada_w2_b) · alpha/r, reshaped to the layer's weight;
 * LoKr: ΔW = kron(w1, w2) · alpha/r with w1 = lokr_w1 or lokr_w1_a @ lokr_w1_b (w2 likewise), where the
-  loaders use scale 1 when neither factor is split (no ``_b`` matrix). Patina trains every module with
-  alpha/r (peft's rule), so for such a module the file gets alpha/r baked into ``lokr_w2`` and ``alpha = r``
-  (lora-format.md §2.1), and loading divides it out again.
+  loaders use scale 1 when neither factor is split (no ``_b`` matrix). LyCORIS trains such a module with
+  alpha = r (scale 1) and so does Patina (peft alone would keep alpha/r: with kohya_ss's LoKr habit of
+  network_dim 100000 and alpha 1 that would be a scale of 1e-5). Should such a module ever hold another
+  scale, the file gets it baked into ``lokr_w2`` with ``alpha = r`` (lora-format.md §2.1), and loading
+  divides it out again.
 
 The tensors keep LyCORIS's names under the kohya prefixes (``lora_unet_…​.hada_w1_a``); the metadata says
 ``ss_network_module = lycoris.kohya`` (:mod:`patina.core.lora.kohya_format`).
@@ -234,7 +236,11 @@ def build_network(unet, text_encoders: list | None, family: str, spec: NetworkSp
     targets = collect_targets(unet, text_encoders, family, spec)
     if not targets:
         raise PatinaError("These settings create no LoRA module at all (every block has rank 0 or lr weight 0).")
-    return _assemble(unet, text_encoders, family, spec, targets)
+    net = _assemble(unet, text_encoders, family, spec, targets)
+    for m in net.modules:
+        if m.lokr_full:  # LyCORIS: both Kronecker factors full -> alpha = rank (scale 1), as the loaders apply it
+            net._set_alpha(m, float(m.rank))
+    return net
 
 
 def build_network_from_weights(unet, text_encoders: list | None, family: str, state_dict: dict,
