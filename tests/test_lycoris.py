@@ -392,3 +392,30 @@ def test_engine_run_and_verify(tiny_models, tmp_path, family, lora_type):
                 max_train_steps=1, scale_weight_norms=0.0)
     fin = Trainer(cfg2, Collector(), None, None).run()
     assert fin.status == "finished", fin.message
+
+
+def test_verify_checks_lycoris_shapes(tmp_path):
+    xl = {"ss_base_model_version": "sdxl_base_v1-0", "ss_network_module": "lycoris.kohya"}
+    name = "lora_unet_input_blocks_4_1_proj_in"
+    broken = {f"{name}.hada_w1_a": torch.randn(8, 2), f"{name}.hada_w1_b": torch.randn(3, 8),
+              f"{name}.hada_w2_a": torch.randn(8, 2), f"{name}.hada_w2_b": torch.randn(2, 8)}
+    path = tmp_path / "broken.safetensors"
+    save_lora(path, broken, xl, precision="float")
+    r = verify_lora(path)
+    assert r.network_type == "LyCORIS LoHa" and r.broken and not r.compat["A1111"][0]
+    lokr = {f"{name}.lokr_w1": torch.randn(4, 4), f"{name}.lokr_w2_a": torch.randn(8, 2),
+            f"{name}.lokr_w2_b": torch.randn(2, 8), f"{name}.alpha": torch.tensor(2.0)}
+    save_lora(path, lokr, xl, precision="float")
+    r = verify_lora(path)
+    assert r.network_type == "LyCORIS LoKr" and not r.broken and r.ranks == [2]
+
+    # a file for one family checked against the other family's model: the LyCORIS factors do not fit
+    net = make("sd1", "lokr")
+    perturb(net)
+    save_lora(path, net.kohya_state_dict(), build_metadata(values={"LoRA_type": "LyCORIS/LoKr"}, family="sd1"))
+    sdxl_dir = save_tiny_diffusers(tmp_path / "tiny-sdxl", "sdxl")
+    r = verify_lora(path, model=sdxl_dir)
+    assert r.mismatched or r.not_in_model
+    fresh_net = make("sd1", "loha")  # untrained: hada_w2_b is all zero, the module does nothing
+    save_lora(path, fresh_net.kohya_state_dict(), build_metadata(values={"LoRA_type": "LyCORIS/LoHa"}, family="sd1"))
+    assert len(verify_lora(path).untrained) == len(fresh_net)
