@@ -1,6 +1,9 @@
 """LoRA files: kohya/sd-scripts metadata, atomic safetensors save with A1111 hashes, reading ("Verify LoRA" is
 :mod:`patina.core.lora.verify`).
 
+LoHa/LoKr files carry ``ss_network_module = lycoris.kohya`` and ``ss_network_args`` with ``algo``,
+``conv_dim``, ``conv_alpha`` (and ``factor`` for LoKr), as LyCORIS trained through kohya_ss writes them.
+
 The format is the one of ``shared/reference/lora-format.md`` (§0, §1.3, §3, §8): kohya key names, every
 metadata value a string, ``ss_*`` training keys + ``sshs_model_hash``/``sshs_legacy_hash`` + ``modelspec.*``,
 and never diffusers' ``lora_adapter_metadata`` (diffusers then refuses the file).

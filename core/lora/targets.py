@@ -1,5 +1,8 @@
 """Which modules of the UNet and text encoders a LoRA/LoCon spec adapts, and what kohya calls them.
 
+LyCORIS LoHa/LoKr specs (``NetworkSpec.algo``) adapt the same modules as LoCon (conv_dim/conv_alpha for the
+3×3 convolutions); LyCORIS's own "full" preset would add conv_in, conv_out and the time embedding too.
+
 :class:`NetworkSpec` holds the network settings (ranks, alphas, block dims/alphas, block lr weights) and
 checks them; :class:`UNetLayout` maps diffusers UNet paths to SGM paths and sd-scripts block indices;
 :func:`collect_targets` chooses the modules (with their rank and alpha) that
