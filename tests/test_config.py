@@ -243,7 +243,7 @@ def test_import_kohya_maps_legacy_keys_and_string_numbers():
 
 
 def test_import_kohya_reports_bad_values_field_by_field():
-    res = cfgmod.import_kohya({"LoRA_type": "LyCORIS/LoHa", "network_dim": "many", "optimizer": "AdEMAMix8bit",
+    res = cfgmod.import_kohya({"LoRA_type": "LyCORIS/iA3", "network_dim": "many", "optimizer": "AdEMAMix8bit",
                                "mixed_precision": "fp8", "save_model_as": "safetensors"})
     keys = {p.key for p in res.errors}
     assert keys == {"LoRA_type", "network_dim", "optimizer", "mixed_precision"}

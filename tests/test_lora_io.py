@@ -293,8 +293,8 @@ def test_verify_flags_loader_problems(tmp_path):
     assert not r.compat["A1111"][0] and not r.compat["ComfyUI"][0] and not r.compat["InvokeAI"][0]
     assert any("text_model" in why for why in r.compat["A1111"][1])
     # (c) LyCORIS LoHa tensors: fine for A1111/ComfyUI, diffusers refuses
-    loha = {f"lora_unet_input_blocks_4_1_proj_in.{k}": torch.randn(2, 8) for k in
-            ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
+    loha = {f"lora_unet_input_blocks_4_1_proj_in.{k}": torch.randn(*shape) for k, shape in
+            (("hada_w1_a", (8, 2)), ("hada_w1_b", (2, 8)), ("hada_w2_a", (8, 2)), ("hada_w2_b", (2, 8)))}
     r = _verify_synthetic(tmp_path, {**loha, "lora_unet_input_blocks_4_1_proj_in.alpha": torch.tensor(1.0)}, xl)
     assert r.compat["A1111"][0] and r.compat["ComfyUI"][0] and not r.compat["diffusers"][0]
     # (d) diffusers' lora_adapter_metadata in a kohya file

@@ -294,9 +294,12 @@ def save_user_preset(name: str, cfg: Mapping[str, Any], description: str = "") -
 
 # kohya keys Patina reads under another name or meaning, handled in import_kohya.
 _KOHYA_HANDLED = {"v2", "sdxl", "use_8bit_adam", "lora_network_weights", "save_model_as", "mem_eff_attn",
-                  "sdxl_cache_text_encoder_outputs", "model_list", "save_as_bool", "additional_parameters"}
+                  "sdxl_cache_text_encoder_outputs", "model_list", "save_as_bool", "additional_parameters", "use_cp"}
 
 _KOHYA_LOCON = {"kohya locon", "locon", "lycoris/locon"}
+# kohya_ss's LyCORIS types Patina trains (sd-scripts' own networks.loha/lokr write the same tensor names)
+_KOHYA_LYCORIS = {"lycoris/loha": "LyCORIS/LoHa", "lycoris/lokr": "LyCORIS/LoKr", "kohya loha": "LyCORIS/LoHa",
+                  "kohya lokr": "LyCORIS/LoKr"}
 
 
 def _truthy(v: Any) -> bool:
@@ -339,9 +342,26 @@ def import_kohya(data: Mapping[str, Any]) -> LoadResult:
             raw["LoRA_type"] = "Kohya LoCon"
             if lt != "Kohya LoCon":
                 notes.append(f'LoRA_type "{lt}" → "Kohya LoCon" (same LoCon file format)')
+        elif lt.lower() in _KOHYA_LYCORIS:
+            raw["LoRA_type"] = _KOHYA_LYCORIS[lt.lower()]
+            if lt != raw["LoRA_type"]:
+                notes.append(f'LoRA_type "{lt}" → "{raw["LoRA_type"]}" (the same LyCORIS tensor layout)')
         else:
-            problems.append(Problem("LoRA_type", "is not supported; Patina trains Standard LoRA and Kohya LoCon",
-                                    lt))
+            problems.append(Problem("LoRA_type", "is not supported; Patina trains Standard LoRA, Kohya LoCon, "
+                                    "LyCORIS/LoHa and LyCORIS/LoKr", lt))
+    if raw.get("LoRA_type") == "LyCORIS/LoKr":
+        for key in ("network_dim", "conv_dim"):
+            try:
+                big = float(src.get(key)) > 512
+            except (TypeError, ValueError):
+                big = False
+            if big:  # kohya_ss's "full matrix" LoKr rank; 512 already gives full factors on every SD layer
+                raw[key] = 512
+                notes.append(f"{key} {src[key]} → 512 (LoKr: every rank from half the larger Kronecker factor on "
+                             "gives full factors; 512 covers every SD1/SD2/SDXL layer)")
+    if "use_tucker" not in src and _truthy(src.get("use_cp")):
+        raw["use_tucker"] = True  # kohya_ss's LoKr name for the same decomposition
+        notes.append("use_cp → use_tucker")
     if "xformers" in src:
         xf = src["xformers"]
         if isinstance(xf, bool) or (isinstance(xf, str) and xf.strip().lower() in ("true", "false")):

@@ -44,7 +44,10 @@ PAGES = (
 FAMILIES = ("auto",) + MODEL_FAMILIES
 FAMILY_LABELS = {"auto": "Detect from file", **MODEL_FAMILY_LABELS}
 
-LORA_TYPES = ("Standard", "Kohya LoCon")
+LORA_TYPES = ("Standard", "Kohya LoCon", "LyCORIS/LoHa", "LyCORIS/LoKr")
+# LoRA_type -> the algorithm of its modules (LyCORIS's ``algo`` names); LoCon is a LoRA with conv modules
+LORA_TYPE_ALGO = {"Standard": "lora", "Kohya LoCon": "lora", "LyCORIS/LoHa": "loha", "LyCORIS/LoKr": "lokr"}
+CONV_LORA_TYPES = ("Kohya LoCon", "LyCORIS/LoHa", "LyCORIS/LoKr")  # the types that adapt 3x3 convolutions
 OPTIMIZERS = (
     "AdamW", "AdamW8bit", "PagedAdamW8bit", "Adafactor", "SGDNesterov", "SGDNesterov8bit",
     "Lion", "Lion8bit", "Prodigy", "DAdaptation", "DAdaptAdam",
@@ -153,7 +156,16 @@ def _is_sdxl(cfg):
 
 
 def _is_locon(cfg):
-    return cfg.get("LoRA_type") == "Kohya LoCon"
+    """A type with convolution modules (LoCon, LoHa, LoKr): shows conv_dim/conv_alpha."""
+    return cfg.get("LoRA_type") in CONV_LORA_TYPES
+
+
+def _is_lycoris(cfg):
+    return LORA_TYPE_ALGO.get(cfg.get("LoRA_type")) in ("loha", "lokr")
+
+
+def _is_lokr(cfg):
+    return cfg.get("LoRA_type") == "LyCORIS/LoKr"
 
 
 def _has_warmup(cfg):
@@ -293,7 +305,9 @@ PARAMS: tuple[Param, ...] = (
 
     # ---- Basic: network -----------------------------------------------------------------------
     P("LoRA_type", "choice", "Standard", "LoRA type",
-      "Standard trains attention and projection layers. LoCon also trains the ResNet convolutions (more detail, bigger file).",
+      "Standard trains attention and projection layers. LoCon also trains the ResNet convolutions (more detail, bigger "
+      "file). LyCORIS LoHa (Hadamard product) and LoKr (Kronecker product) train the same layers with other "
+      "factorisations (LoKr files are small).",
       "basic", "Network", choices=LORA_TYPES),
     P("network_dim", "int", 8, "Network rank (dimension)",
       "Size of the LoRA. 8–32 suits most characters and styles; rank 16 ≈ 18 MB for SD 1.5.",
@@ -301,10 +315,17 @@ PARAMS: tuple[Param, ...] = (
     P("network_alpha", "float", 1.0, "Network alpha",
       "Scales the LoRA by alpha/rank. Lower alpha needs a higher learning rate. Common: 1, or half the rank.",
       "basic", "Network", min=0.00001, max=1024, step=1),
-    P("conv_dim", "int", 1, "Convolution rank (dimension)", "Rank of the LoCon convolution layers.",
+    P("conv_dim", "int", 1, "Convolution rank (dimension)", "Rank of the 3×3 convolution layers (LoCon, LoHa, LoKr).",
       "basic", "Network", min=1, max=512, step=1, visible_if=_is_locon),
-    P("conv_alpha", "float", 1.0, "Convolution alpha", "Alpha of the LoCon convolution layers.",
+    P("conv_alpha", "float", 1.0, "Convolution alpha", "Alpha of the 3×3 convolution layers (LoCon, LoHa, LoKr).",
       "basic", "Network", min=0.00001, max=512, step=1, visible_if=_is_locon),
+    P("factor", "int", -1, "LoKr factor",
+      "How LoKr splits each layer's width into two Kronecker factors: -1 picks the factors nearest the square root "
+      "(the usual choice); a positive number makes one factor that size where it divides the width.",
+      "basic", "Network", min=-1, max=64, step=1, visible_if=_is_lokr),
+    P("use_tucker", "bool", False, "Use Tucker decomposition",
+      "LyCORIS's Tucker/CP decomposition of 3×3 convolutions. Patina does not train it; leave it off.",
+      "basic", "Network", visible_if=_is_lycoris),
     P("network_dropout", "float", 0.0, "Network dropout", "Dropout inside the LoRA layers (0.1–0.5 to fight overfitting).",
       "basic", "Network", min=0, max=1, step=0.01, ss_key="ss_network_dropout"),
     P("scale_weight_norms", "float", 0.0, "Scale weight norms",
@@ -765,6 +786,14 @@ def check_values(values: Mapping[str, Any], *, inputs: bool = False) -> tuple[di
 def cross_check(cfg: Mapping[str, Any]) -> list[Problem]:
     """Problems that involve more than one field."""
     out: list[Problem] = []
+    if cfg["use_tucker"] and _is_lycoris(cfg):
+        out.append(Problem("use_tucker", "Tucker/CP decomposition is not supported for LoHa/LoKr in Patina; untick "
+                           "it (the files are then the plain LyCORIS layout every loader reads)", True))
+    if cfg["factor"] == 0 and _is_lokr(cfg):
+        out.append(Problem("factor", "0 is not a LoKr factor; use -1 (automatic) or a positive number", 0))
+    if cfg["network_dropout"] > 0 and _is_lycoris(cfg):
+        out.append(Problem("network_dropout", f"is not available for {cfg['LoRA_type']} in Patina; set it to 0",
+                           cfg["network_dropout"]))
     if cfg["unet_lr"] == 0 and cfg["text_encoder_lr"] == 0:
         out.append(Problem("unet_lr", "nothing to train: both the UNet and the text encoder learning rates are 0; "
                            "set at least one above 0"))

@@ -1,6 +1,9 @@
 """LoRA files: kohya/sd-scripts metadata, atomic safetensors save with A1111 hashes, reading ("Verify LoRA" is
 :mod:`patina.core.lora.verify`).
 
+LoHa/LoKr files carry ``ss_network_module = lycoris.kohya`` and ``ss_network_args`` with ``algo``,
+``conv_dim``, ``conv_alpha`` (and ``factor`` for LoKr), as LyCORIS trained through kohya_ss writes them.
+
 The format is the one of ``shared/reference/lora-format.md`` (§0, §1.3, §3, §8): kohya key names, every
 metadata value a string, ``ss_*`` training keys + ``sshs_model_hash``/``sshs_legacy_hash`` + ``modelspec.*``,
 and never diffusers' ``lora_adapter_metadata`` (diffusers then refuses the file).
@@ -20,7 +23,7 @@ from typing import Any, Mapping
 
 from patina.core import __version__
 from patina.core.atomic import atomic_temp_path, commit_temp
-from patina.core.config.schema import SS_KEYS
+from patina.core.config.schema import LORA_TYPE_ALGO, SS_KEYS
 from patina.core.errors import PatinaError
 from patina.core.models.families import check_family
 
@@ -82,19 +85,38 @@ def modelspec_architecture(family: str, v_prediction: bool) -> str:
     return arch + "/lora"
 
 
+def lycoris_algo(values: Mapping[str, Any]) -> str | None:
+    """"loha" / "lokr" for a LyCORIS ``LoRA_type``, else None (a kohya ``networks.lora`` LoRA/LoCon)."""
+    algo = LORA_TYPE_ALGO.get(str(values.get("LoRA_type") or ""))
+    return algo if algo in ("loha", "lokr") else None
+
+
+def network_module(values: Mapping[str, Any]) -> str:
+    """``ss_network_module``: ``lycoris.kohya`` for LoHa/LoKr (LyCORIS's kohya entry point), else
+    ``networks.lora``."""
+    return "lycoris.kohya" if lycoris_algo(values) else "networks.lora"
+
+
 def network_args_from_values(values: Mapping[str, Any]) -> dict[str, str]:
     """kohya ``network_args`` (for ``ss_network_args``) from a kohya_ss-style config: conv_dim/conv_alpha for
-    LoCon, block-wise settings and LoRA+ ratios when set."""
+    LoCon; conv_dim/conv_alpha/algo (and factor for LoKr) for LyCORIS LoHa/LoKr, string values as LyCORIS's
+    ``--network_args "algo=loha" ...`` leave them; block-wise settings and LoRA+ ratios when set."""
     if isinstance(values.get("network_args"), Mapping):
         return {str(k): _s(v) for k, v in values["network_args"].items()}
     args: dict[str, str] = {}
     lora_type = str(values.get("LoRA_type") or "")
     conv_dim = values.get("conv_dim")
-    is_locon = "locon" in lora_type.lower() if lora_type else bool(conv_dim)
+    algo = lycoris_algo(values)
+    is_locon = ("locon" in lora_type.lower() or algo is not None) if lora_type else bool(conv_dim)
     if is_locon and conv_dim and float(conv_dim) > 0:
         args["conv_dim"] = _s(int(float(conv_dim)))
         conv_alpha = values.get("conv_alpha")
         args["conv_alpha"] = _s(conv_alpha if conv_alpha not in (None, "") else 1)
+    if algo is not None:
+        args["algo"] = algo
+        if algo == "lokr":
+            factor = values.get("factor")
+            args["factor"] = _s(int(float(factor)) if factor not in (None, "") else -1)
     for key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
                 "block_alphas", "conv_block_dims", "conv_block_alphas", "loraplus_lr_ratio",
                 "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio", "rank_dropout", "module_dropout"):
@@ -138,7 +160,7 @@ def build_metadata(*, values: Mapping[str, Any], family: str, v_prediction: bool
         "ss_training_finished_at": _s(finished),
         "ss_output_name": output_name,
         "ss_sd_model_name": str(base_model_name or values.get("pretrained_model_name_or_path") or ""),
-        "ss_network_module": "networks.lora",
+        "ss_network_module": network_module(values),
         "ss_network_dim": _s(int(float(network_dim))),
         "ss_network_alpha": _s(float(network_alpha if network_alpha not in (None, "") else 1.0)),
         "ss_network_args": json.dumps(net_args, ensure_ascii=False),
@@ -330,6 +352,6 @@ def tensor_data_hash(path: str | os.PathLike) -> str:
 
 __all__ = [
     "build_metadata", "save_lora", "read_lora", "read_lora_metadata", "model_hashes", "tensor_data_hash",
-    "network_args_from_values", "base_model_version", "modelspec_architecture",
+    "network_args_from_values", "base_model_version", "modelspec_architecture", "network_module", "lycoris_algo",
 ]
 

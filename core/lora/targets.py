@@ -1,5 +1,8 @@
 """Which modules of the UNet and text encoders a LoRA/LoCon spec adapts, and what kohya calls them.
 
+LyCORIS LoHa/LoKr specs (``NetworkSpec.algo``) adapt the same modules as LoCon (conv_dim/conv_alpha for the
+3×3 convolutions); LyCORIS's own "full" preset would add conv_in, conv_out and the time embedding too.
+
 :class:`NetworkSpec` holds the network settings (ranks, alphas, block dims/alphas, block lr weights) and
 checks them; :class:`UNetLayout` maps diffusers UNet paths to SGM paths and sd-scripts block indices;
 :func:`collect_targets` chooses the modules (with their rank and alpha) that
@@ -21,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from patina.core.config.schema import LR_WEIGHT_PRESETS  # kohya's presets, stated in the schema
+from patina.core.config.schema import LORA_TYPE_ALGO, LR_WEIGHT_PRESETS  # stated in the schema
 from patina.core.errors import PatinaError
 from patina.core.models.families import check_family
 
@@ -129,6 +132,10 @@ class NetworkSpec:
     block_alphas: Any = None
     conv_block_dims: Any = None
     conv_block_alphas: Any = None
+    algo: str = "lora"  # "lora" (LoRA/LoCon), "loha" or "lokr" (LyCORIS; see network.py)
+    factor: int = -1  # LoKr: Kronecker factor (-1: nearest the square root), as LyCORIS's ``factor``
+    use_tucker: bool = False  # LyCORIS Tucker/CP decomposition of 3x3 convs: not supported, must stay off
+    decompose_both: bool = False  # LoKr: split the first factor too (set when a file has lokr_w1_a/_b)
 
     @classmethod
     def from_values(cls, values: dict) -> "NetworkSpec":
@@ -151,7 +158,8 @@ class NetworkSpec:
             return v if v not in (None, "", [], ()) else None
 
         lora_type = str(values.get("LoRA_type") or "Standard")
-        locon = "locon" in lora_type.lower()
+        algo = LORA_TYPE_ALGO.get(lora_type, "lora")
+        locon = "locon" in lora_type.lower() or algo != "lora"  # the types with convolution modules
         unet_lr, te_lr = num("unet_lr"), num("text_encoder_lr")
         train_unet = unet_lr is None or unet_lr > 0
         train_te = te_lr is None or te_lr > 0
@@ -175,6 +183,9 @@ class NetworkSpec:
             block_alphas=block("block_alphas"),
             conv_block_dims=block("conv_block_dims", locon),
             conv_block_alphas=block("conv_block_alphas", locon),
+            algo=algo,
+            factor=_int(values["factor"]) if algo == "lokr" and num("factor") is not None else -1,
+            use_tucker=bool(values.get("use_tucker")) and algo != "lora",
         )
 
     # -- derived -----------------------------------------------------------------------------------------
@@ -219,6 +230,16 @@ class NetworkSpec:
             raise PatinaError(f"conv_alpha must not be negative (got {self.conv_alpha}).")
         if not 0.0 <= float(self.network_dropout or 0.0) < 1.0:
             raise PatinaError(f"network_dropout must be in [0, 1) (got {self.network_dropout}).")
+        if self.algo not in ("lora", "loha", "lokr"):
+            raise PatinaError(f"Unknown network algorithm {self.algo!r}: use lora, loha or lokr.")
+        if self.algo != "lora":
+            what = "LoHa" if self.algo == "loha" else "LoKr"
+            if self.use_tucker:
+                raise PatinaError(f"use_tucker: Tucker/CP decomposition is not supported for {what}; switch it off.")
+            if float(self.network_dropout or 0.0) > 0:
+                raise PatinaError(f"network_dropout is not available for {what}; set it to 0.")
+            if self.algo == "lokr" and (_int(self.factor) == 0 or _int(self.factor) < -1):
+                raise PatinaError(f"factor must be -1 (automatic) or a positive number (got {self.factor}).")
         self.block_lr_weights(family)
         self.block_ranks(family)
 

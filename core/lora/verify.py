@@ -8,6 +8,7 @@ the report as text. Reading and saving the files is :mod:`patina.core.lora.kohya
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ class ModuleReport:
     rank: int | None
     alpha: float | None
     tensors: list[str]
-    untrained: bool = False  # lora_up all zero
+    untrained: bool = False  # lora_up all zero (LoHa/LoKr: a factor all zero)
     nonfinite: bool = False  # NaN or inf anywhere
 
 
@@ -65,6 +66,7 @@ class VerifyReport:
     base_model: str | None = None                     # the model the shapes were checked against
     mismatched: list[str] = field(default_factory=list)  # modules that do not fit the base model's layers
     not_in_model: list[str] = field(default_factory=list)  # modules the base model has no layer for
+    network_type: str = ""  # LoRA / LoCon / LyCORIS LoHa / LyCORIS LoKr / mixed (...) / unknown
 
     @property
     def ok(self) -> bool:
@@ -85,6 +87,35 @@ def _module_kind(tensors: Mapping[str, Any]) -> str:
     if down.ndim == 4:
         return "conv1x1" if tuple(down.shape[2:]) == (1, 1) else "conv3x3"
     return "linear"
+
+
+_TYPE_LABELS = {"loha": "LyCORIS LoHa", "lokr": "LyCORIS LoKr"}
+
+
+def _network_type(modules: list["ModuleReport"]) -> str:
+    """What kind of network the modules make: LoRA, LoCon (LoRA with 3×3 convs), LyCORIS LoHa / LoKr."""
+    kinds = {m.kind for m in modules}
+    types = set()
+    for k in kinds:
+        if k in _TYPE_LABELS:
+            types.add(_TYPE_LABELS[k])
+        elif k in ("linear", "conv1x1", "conv3x3"):
+            types.add("LoCon" if "conv3x3" in kinds else "LoRA")
+    if not types:
+        return "unknown"
+    if len(types) == 1:
+        return types.pop()
+    return "mixed (" + ", ".join(sorted(types)) + ")"
+
+
+def _rank_of(tensors: Mapping[str, Any]) -> int | None:
+    """The rank a module's scale divides by (lora_down, hada_w1_b or a LoKr _b factor); None for a LoKr
+    module with two full factors (scale 1 in every loader) and other kinds."""
+    for key in ("lora_down.weight", "lora_A.weight", "hada_w1_b", "lokr_w1_b", "lokr_w2_b"):
+        t = tensors.get(key)
+        if t is not None and getattr(t, "ndim", 0) >= 1:
+            return int(t.shape[0])
+    return None
 
 
 def _part(name: str) -> str:
@@ -179,7 +210,11 @@ def module_shape_problem(tensors: Mapping[str, Any]) -> str | None:
     if alpha is not None and alpha.numel() != 1:
         return f"alpha holds {alpha.numel()} values ({_shape(alpha)}); it must be a single number"
     if down is None and up is None:
-        return None  # LoHa/LoKr/other kinds: not checked here
+        if "hada_w1_a" in tensors or any(k.startswith("hada_") for k in tensors):
+            return _loha_problem(tensors)
+        if any(k.startswith("lokr_") for k in tensors):
+            return _lokr_problem(tensors)
+        return None  # other kinds: not checked here
     if down is None or up is None:
         have, lack = ("lora_down", "lora_up") if up is None else ("lora_up", "lora_down")
         return f"has {have} but no {lack}"
@@ -202,10 +237,68 @@ def module_shape_problem(tensors: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _loha_problem(t: Mapping[str, Any]) -> str | None:
+    need = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+    lacking = [k for k in need if k not in t]
+    if lacking:
+        return f"LoHa module lacks {', '.join(lacking)} (all four hada_ matrices are needed)"
+    if "hada_t1" in t or "hada_t2" in t:
+        return None  # Tucker layout: not checked here
+    w1a, w1b, w2a, w2b = (t[k] for k in need)
+    if any(x.ndim != 2 for x in (w1a, w1b, w2a, w2b)):
+        return "LoHa hada_w* matrices must be 2-D without hada_t1/hada_t2"
+    if w1a.shape[1] != w1b.shape[0] or w2a.shape[1] != w2b.shape[0]:
+        return (f"hada_w1_a {_shape(w1a)} / hada_w1_b {_shape(w1b)} or hada_w2_a {_shape(w2a)} / hada_w2_b "
+                f"{_shape(w2b)} do not share a rank")
+    if w1a.shape[0] != w2a.shape[0] or w1b.shape[1] != w2b.shape[1]:
+        return f"the two LoHa products have different shapes ({w1a.shape[0]}×{w1b.shape[1]} vs {w2a.shape[0]}×{w2b.shape[1]})"
+    return None
+
+
+def _lokr_factor(t: Mapping[str, Any], which: str):
+    """(rows, other dims product) of LoKr factor *which* ("w1"/"w2"), or a problem string."""
+    full, a, b = t.get(f"lokr_{which}"), t.get(f"lokr_{which}_a"), t.get(f"lokr_{which}_b")
+    if full is not None:
+        return int(full.shape[0]), int(full.numel() // max(int(full.shape[0]), 1))
+    if a is None or b is None:
+        return f"LoKr module needs lokr_{which} or both lokr_{which}_a and lokr_{which}_b"
+    if which == "w2" and "lokr_t2" in t:
+        return None
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        return f"lokr_{which}_a {_shape(a)} and lokr_{which}_b {_shape(b)} do not share a rank"
+    return int(a.shape[0]), int(b.shape[1])
+
+
+def _lokr_problem(t: Mapping[str, Any]) -> str | None:
+    for which in ("w1", "w2"):
+        f = _lokr_factor(t, which)
+        if isinstance(f, str):
+            return f
+    return None
+
+
+def _lycoris_out_in(t: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(out, in·kh·kw) of the ΔW a LoHa/LoKr module makes, or None when it cannot be told."""
+    if "hada_w1_a" in t and "hada_w1_b" in t and "hada_t1" not in t:
+        return int(t["hada_w1_a"].shape[0]), int(t["hada_w1_b"].shape[1])
+    if any(k.startswith("lokr_") for k in t):
+        f1, f2 = _lokr_factor(t, "w1"), _lokr_factor(t, "w2")
+        if isinstance(f1, tuple) and isinstance(f2, tuple):
+            return f1[0] * f2[0], f1[1] * f2[1]
+    return None
+
+
 def _base_shape_problem(tensors: Mapping[str, Any], kind: str, shape: tuple[int, ...]) -> str | None:
     """Why a module does not fit the base model's layer of weight *shape* (out, in[, kh, kw])."""
     down, up, mid = tensors.get("lora_down.weight"), tensors.get("lora_up.weight"), tensors.get("lora_mid.weight")
     if down is None or up is None:
+        dims = _lycoris_out_in(tensors)
+        if dims is None:
+            return None
+        want = (shape[0], int(math.prod(shape[1:])))
+        if dims != want:
+            return (f"the LyCORIS factors make a {dims[0]}×{dims[1]} update, the model's layer is "
+                    f"{'×'.join(map(str, shape))} ({want[0]}×{want[1]})")
         return None
     out_f, in_f = shape[0], shape[1]
     layer = f"the model's layer is {'×'.join(map(str, shape))}"
@@ -247,10 +340,12 @@ def verify_lora(path: str | os.PathLike, model: str | os.PathLike | None = None)
         down = tensors.get("lora_down.weight")
         up = tensors.get("lora_up.weight")
         alpha_t = tensors.get("alpha")
-        rank = int(down.shape[0]) if down is not None else None
+        rank = _rank_of(tensors)
         alpha = float(alpha_t.float().item()) if alpha_t is not None and alpha_t.numel() == 1 else None
         nonfinite = any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors.values())
         untrained = up is not None and not bool((up != 0).any())
+        if up is None and down is None:  # LoHa/LoKr: ΔW is 0 when one of its factors is all zero
+            untrained = any(not bool((t != 0).any()) for k, t in tensors.items() if k.startswith(("hada_w", "lokr_w")))
         modules.append(ModuleReport(name, _part(name), _module_kind(tensors), rank, alpha, sorted(tensors),
                                     untrained, nonfinite))
 
@@ -296,7 +391,7 @@ def verify_lora(path: str | os.PathLike, model: str | os.PathLike | None = None)
             if name in broken_names:
                 continue
             if name not in shapes:
-                if "lora_down.weight" in tensors or "lora_up.weight" in tensors:
+                if "lora_down.weight" in tensors or "lora_up.weight" in tensors or _module_kind(tensors) in _TYPE_LABELS:
                     report.not_in_model.append(name)
                 continue
             why = _base_shape_problem(tensors, *shapes[name])
@@ -310,6 +405,7 @@ def verify_lora(path: str | os.PathLike, model: str | os.PathLike | None = None)
         if not report.hash_ok:
             report.warnings.append("sshs_model_hash does not match the tensor data: the weights were changed "
                                    "after saving (A1111 will show a stale hash).")
+    report.network_type = _network_type(modules)
     _judge_compat(report, sd, groups)
     return report
 
@@ -474,6 +570,8 @@ def format_verify_report(report: VerifyReport) -> str:
     lines = [f"LoRA file: {r.path}", f"Size: {r.file_size:,} bytes, {r.num_tensors} tensors, key format: {r.format}"]
     fam = FAMILY_LABELS.get(r.family or "", "unknown")
     lines.append(f"Base model: {fam} (from {r.family_source})")
+    module = r.metadata.get("ss_network_module")
+    lines.append(f"Network type: {r.network_type or 'unknown'}" + (f" (ss_network_module {module})" if module else ""))
     te = f"TE1 {r.counts['te1']}, TE2 {r.counts['te2']}" if r.counts["te2"] or r.family == "sdxl" else f"TE {r.counts['te1']}"
     lines.append(f"Modules: {len(r.modules)} (UNet {r.counts['unet']}, {te}"
                  + (f", other {r.counts['other']}" if r.counts["other"] else "") + ")")

@@ -240,9 +240,15 @@ _CONV_PARAMS_PER_RANK = {"sd1": 800_000, "sd2": 800_000, "sdxl": 2_100_000}
 def estimate_sizes(cfg: Mapping[str, Any], family: str) -> tuple[int, int]:
     """(bytes of one saved LoRA file, bytes of one state folder), rounded up."""
     fam = family if family in _PARAMS_PER_RANK else "sdxl"
-    params = _PARAMS_PER_RANK[fam] * int(cfg["network_dim"])
-    if cfg.get("LoRA_type") == "Kohya LoCon":
-        params += _CONV_PARAMS_PER_RANK[fam] * int(cfg.get("conv_dim") or 1)
+    lora_type = cfg.get("LoRA_type")
+    dim, conv_dim = int(cfg["network_dim"]), int(cfg.get("conv_dim") or 1)
+    if lora_type == "LyCORIS/LoKr":  # Kronecker factors: far smaller than a LoRA; bounded by rank 8's size
+        dim, conv_dim = min(dim, 8), min(conv_dim, 8)
+    params = _PARAMS_PER_RANK[fam] * dim
+    if lora_type in ("Kohya LoCon", "LyCORIS/LoHa", "LyCORIS/LoKr"):
+        params += _CONV_PARAMS_PER_RANK[fam] * conv_dim
+    if lora_type == "LyCORIS/LoHa":  # two LoRA-sized pairs per module
+        params *= 2
     per = 4 if cfg.get("save_precision") == "float" else 2
     lora = params * per + 1_000_000  # header and metadata
     state = params * 16 + 1_000_000  # fp32 weights + optimizer moments + scheduler and RNG
