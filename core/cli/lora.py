@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 import time
 
-from patina.core.errors import PatinaError
 
 DYNAMIC = ("sv_ratio", "sv_fro", "sv_cumulative")
 
@@ -120,7 +119,9 @@ def _run(fn, args, **kwargs) -> int:
         report = fn(progress=progress, **kwargs)
     except KeyboardInterrupt:
         sys.stderr.write("\n")
-        raise PatinaError("Cancelled (Ctrl+C); no output was written.") from None
+        from patina.core.lora.toolkit import Cancelled
+
+        raise Cancelled("Cancelled (Ctrl+C); no output was written.") from None
     print("\n".join(report.lines(per_module=getattr(args, "verbose", False))))
     return 0
 
