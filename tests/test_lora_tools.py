@@ -21,14 +21,14 @@ _TOP = ("conv_in", "conv_out", "time_embedding", "add_embedding")
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """Tiny SD1 and SDXL models as single files (+ config folders) and diffusers folders."""
+    """Tiny SD1, SD2 and SDXL models as single files (+ config folders) and diffusers folders."""
     root = tmp_path_factory.mktemp("models")
     out = {}
-    for fam in ("sd1", "sdxl"):
+    for fam in ("sd1", "sd2", "sdxl"):
         out[fam] = {
             "file": tiny.save_tiny_single_file(root / f"{fam}.safetensors", fam, seed=0),
             "cfg": tiny.save_tiny_config_dir(root / f"{fam}-cfg", fam),
-            "folder": tiny.save_tiny_diffusers(root / f"{fam}-diffusers", fam, seed=0),
+            "folder": tiny.save_tiny_diffusers_any(root / f"{fam}-diffusers", fam, seed=0),
         }
     return out
 
@@ -252,7 +252,8 @@ def _unet_and_te_outputs(model, net=None, weight=1.0):
         return run()
 
 
-@pytest.mark.parametrize("fam, layout", [("sd1", "file"), ("sdxl", "file"), ("sd1", "folder")])
+@pytest.mark.parametrize("fam, layout", [("sd1", "file"), ("sd2", "file"), ("sdxl", "file"), ("sd1", "folder"),
+                                         ("sdxl", "folder")])
 def test_merge_into_equals_base_plus_lora_at_run_time(models, tmp_path, fam, layout):
     from patina.core.lora.merge_into import merge_into
     from patina.core.lora.network import build_network_from_weights
