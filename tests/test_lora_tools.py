@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from patina.core.errors import PatinaError
 from patina.core.lora.checkpoint_map import ModelWeights
 from patina.core.lora.kohya_format import read_lora_metadata, save_lora
 from patina.core.lora.toolkit import Cancelled, LoraReader, choose_rank
+from patina.core.lora.verify import format_verify_report, verify_lora
 from patina.core.models import tiny
 
 _TOP = ("conv_in", "conv_out", "time_embedding", "add_embedding")
@@ -174,6 +176,25 @@ def test_resize_refuses_a_larger_rank_and_non_lora(tmp_path):
     with pytest.raises(PatinaError, match="LoHa"):
         resize(loha, tmp_path / "x.safetensors", rank=1)
     assert not (tmp_path / "big.safetensors").exists() and not (tmp_path / "x.safetensors").exists()
+
+
+def test_resize_without_conv_rank_keeps_a_lower_conv_rank(models, tmp_path):
+    from patina.core.lora.resize import resize
+
+    refs = _lora_refs(models, "sd1")
+    conv = [r for r in refs if r.kind == "conv3x3"][:2]
+    lin = [r for r in refs if r.kind == "linear"][:2]
+    src = tmp_path / "locon.safetensors"
+    save_lora(src, {**_random_lora(lin, 8, 1), **_random_lora(conv, 4, 2)}, {}, precision="float")
+    out = tmp_path / "r6.safetensors"
+    resize(src, out, rank=6, precision="float", device="cpu")
+    sd = load_file(str(out))
+    assert {sd[f"{r.name}.lora_down.weight"].shape[0] for r in lin} == {6}
+    assert {sd[f"{r.name}.lora_down.weight"].shape[0] for r in conv} == {4}
+    args = json.loads(read_lora_metadata(out)["ss_network_args"])
+    assert args["conv_dim"] == "4" and read_lora_metadata(out)["ss_network_dim"] == "6"
+    with pytest.raises(PatinaError, match="conv rank 5 is larger"):
+        resize(src, tmp_path / "c5.safetensors", rank=6, conv_rank=5)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -337,6 +358,8 @@ def test_extract_recovers_a_known_low_rank_delta(models, tmp_path, fam):
     if fam == "sdxl":  # TE1 unchanged: left out, with a warning
         assert any("text encoder 1 is unchanged" in w for w in report.warnings)
         assert any(n.startswith("lora_te2_") for n in names)
+    check = verify_lora(out, model=models[fam]["folder"])  # Patina's own "Verify LoRA" accepts it
+    assert check.ok and check.family == fam and not check.not_in_model, format_verify_report(check)
     md = read_lora_metadata(out)
     assert md["ss_network_dim"] == "4" and md["ss_base_model_version"].startswith("sdxl" if fam == "sdxl" else "sd_v1")
 

@@ -39,7 +39,7 @@ def resize(src: str | os.PathLike, dst: str | os.PathLike, *, rank: int, conv_ra
            device: str | None = "auto", progress: Progress | None = None,
            cancelled: CancelCheck | None = None) -> Report:
     """Write *dst*, a copy of the LoRA *src* with each module's rank lowered to *rank* (3×3 conv modules to
-    *conv_rank*, default *rank*); with *dynamic* the rank of each module is chosen by that method and
+    *conv_rank*; without it to *rank*, or their own rank when that is lower); with *dynamic* the rank of each module is chosen by that method and
     *dynamic_param* and *rank* is its upper limit. A module whose rank is already ≤ the target keeps it
     (re-factored). Raises :class:`PatinaError` when *rank* exceeds every module's rank (nothing to do)."""
     from patina.core.lora.kohya_format import save_lora
@@ -47,13 +47,14 @@ def resize(src: str | os.PathLike, dst: str | os.PathLike, *, rank: int, conv_ra
     t0 = time.perf_counter()
     check_dynamic(dynamic, dynamic_param)
     rank = int(rank)
-    conv_rank = int(conv_rank) if conv_rank else rank
-    if rank < 1 or conv_rank < 1:
+    if rank < 1 or (conv_rank is not None and int(conv_rank) < 1):
         raise PatinaError("The new rank must be at least 1.")
     dst = check_output(dst, [src])
     dev = pick_device(device)
     with LoraReader(src) as reader:
         lin_dim, conv_dim = reader.dims()
+        # without a conv rank, 3x3 modules go to the new rank, or keep theirs when it is already lower
+        conv_rank = int(conv_rank) if conv_rank else (min(rank, conv_dim) if conv_dim else rank)
         if dynamic is None:
             if lin_dim and rank > lin_dim:
                 raise PatinaError(f"The new rank {rank} is larger than the rank of {reader.path.name} ({lin_dim}); "
