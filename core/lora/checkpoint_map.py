@@ -136,6 +136,9 @@ class ModelWeights:
         if self.layout == "diffusers":
             from patina.core.models.checkpoint_files import read_safetensors_header
 
+            if not _component_files(p / "unet"):
+                raise PatinaError(f"{p.name}/unet has no .safetensors weights; the LoRA tools read .safetensors only "
+                                  "(re-save the folder with safe serialization, or use a single-file checkpoint).")
             for part, sub in COMPONENTS.items():
                 for f in _component_files(p / sub):
                     tensors, _ = read_safetensors_header(f)
