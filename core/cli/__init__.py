@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "patina.core.cli.dataset",
     "patina.core.cli.train",
     "patina.core.cli.demo",
+    "patina.core.cli.lora",
 )
 
 
