@@ -8,7 +8,8 @@ A :class:`Task` runs ``fn(*args)`` on a worker thread and reports back on the GU
 * ``on_progress(*values)`` for every ``task.progress(*values)`` the function calls (give
   ``pass_task=True`` and *fn* gets the task as its first argument: ``fn(task, *args)``).
 * :meth:`Task.cancel` drops whatever the task has not reported yet; a long function may also look at
-  ``task.cancelled`` and stop early. With an *owner* widget, the task is cancelled when the widget is
+  ``task.cancelled`` and stop early. :meth:`Task.stop` only asks it to stop early (``task.stop_requested``)
+  and still reports how it ended, so a Cancel button learns when the work is really over. With an *owner* widget, the task is cancelled when the widget is
   destroyed, so no callback ever reaches a deleted window.
 * :class:`Latest` keeps one task per purpose: starting a new one cancels the one before, so a newer
   request (another folder, another model path) makes older results be dropped ("cancel by generation").
@@ -115,6 +116,7 @@ class Task:
         self.pass_task = pass_task
         self.finished = False            # set on the GUI thread once the result (or failure) was handled
         self._cancel = threading.Event()
+        self._stop = threading.Event()
         self._relay = _Relay()
         self._relay.done.connect(self._deliver_done)
         self._relay.failed.connect(self._deliver_failed)
@@ -132,6 +134,16 @@ class Task:
         """Drop every report the task has not delivered yet (the function itself runs to its end unless
         it looks at :attr:`cancelled`)."""
         self._cancel.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once :meth:`stop` or :meth:`cancel` was called: a long function should end early."""
+        return self._stop.is_set() or self._cancel.is_set()
+
+    def stop(self) -> None:
+        """Ask the function to end early (it polls :attr:`stop_requested`); unlike :meth:`cancel`, its
+        result or failure is still reported."""
+        self._stop.set()
 
     # --- GUI thread -----------------------------------------------------------------------------------
     def start(self) -> "Task":

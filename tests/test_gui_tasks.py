@@ -139,3 +139,27 @@ def test_a_one_thread_lane_runs_in_order_and_wait_blocks_until_done(qtbot):
     assert order == [0, 1, 2, 3, 4]
     qtbot.waitUntil(lambda: len(done) == 5, timeout=5000)
     assert done == [0, 1, 2, 3, 4] and lane.threads == 1
+
+
+def test_stop_asks_the_function_to_end_and_still_reports_how_it_ended(qtbot):
+    started = threading.Event()
+
+    def work(task):
+        started.set()
+        while not task.stop_requested:
+            time.sleep(0.01)
+        raise PatinaError("Stopped early.")
+
+    seen = []
+    task = run_task(work, pass_task=True, on_error=seen.append)
+    assert started.wait(5)
+    assert not task.stop_requested
+    task.stop()
+    qtbot.waitUntil(lambda: task.finished, timeout=5000)
+    assert [str(e) for e in seen] == ["Stopped early."] and not task.cancelled
+    dropped = []
+    task = run_task(work, pass_task=True, on_error=dropped.append)
+    task.cancel()   # cancel also makes the function stop, and drops its report
+    QApplication.processEvents()
+    qtbot.wait(200)
+    assert task.stop_requested and not dropped
