@@ -24,10 +24,11 @@ from patina.gui.monitor_tab import MonitorTab
 from patina.gui.param_fields import problem_text
 from patina.gui.state import GuiState, load_state, save_state
 from patina.gui.tasks import run_task
+from patina.gui.tools_tab import ToolsTab
 from patina.gui.training_tab import TrainingTab
 
-TABS = ("dataset", "training", "monitor")
-TAB_TITLES = {"dataset": "Dataset", "training": "Training", "monitor": "Monitor"}
+TABS = ("dataset", "training", "monitor", "tools")
+TAB_TITLES = {"dataset": "Dataset", "training": "Training", "monitor": "Monitor", "tools": "Tools"}
 DATASET_KEYS = ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir")
 DEMO_TIP = ("Copy a small demo dataset into a new folder (Documents/Patina demo) and train a LoRA on the tiny demo "
             "model that comes with Patina: a few minutes, no GPU needed")
@@ -78,6 +79,8 @@ class MainWindow(ConfigDocument, QMainWindow):
         self.tabs.addTab(self.dataset_tab, TAB_TITLES["dataset"])
         self.tabs.addTab(self.training, TAB_TITLES["training"])
         self.tabs.addTab(self.monitor, TAB_TITLES["monitor"])
+        self.tools = ToolsTab(self)
+        self.tabs.addTab(self.tools, TAB_TITLES["tools"])
         self.setCentralWidget(self.tabs)
 
         self._build_actions()
@@ -382,6 +385,7 @@ class MainWindow(ConfigDocument, QMainWindow):
 
     def closeEvent(self, event):  # noqa: N802
         if self._quit_when_stopped and not self.monitor.is_running():
+            self.tools.abandon()
             self._save_session()
             event.accept()
             return
@@ -411,6 +415,7 @@ class MainWindow(ConfigDocument, QMainWindow):
         if not self.maybe_save("quitting"):
             event.ignore()
             return
+        self.tools.abandon()   # a running LoRA tool stops and removes its partial output
         self._save_session()
         event.accept()
 
