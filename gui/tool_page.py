@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QFormLayout, QHBo
 
 from patina.core.errors import PatinaError
 from patina.gui.tasks import Task, error_text, run_task
+from patina.gui.widgets import PathEdit
 
 LORA_FILTER = "LoRA files (*.safetensors)"
 MODEL_FILTER = "Models (*.safetensors *.ckpt)"
@@ -65,6 +66,22 @@ def existing(path: str, what: str) -> str:
     if not Path(path).expanduser().exists():
         raise PatinaError(f"The {what} {path} does not exist.")
     return path
+
+
+class OutputPathEdit(PathEdit):
+    """A path to write: Browse… opens a save dialog, where a new name can be typed."""
+
+    def __init__(self, file_filter: str = "", title: str = "Save as", parent=None):
+        super().__init__("file", file_filter, title, parent)
+        self.line.setPlaceholderText("Where to write the result")
+
+    def browse(self, kind: str) -> None:
+        filters = ";;".join(f for f in (self.file_filter, "All files (*)") if f)
+        path, _ = QFileDialog.getSaveFileName(self, self.title, self.line.text().strip() or self._start_dir(),
+                                              filters)
+        if path:
+            self.line.setText(os.path.normpath(path))
+            self.editingFinished.emit()
 
 
 class LoraTable(QWidget):

@@ -12,7 +12,7 @@ from typing import Any
 
 from PySide6.QtWidgets import QHBoxLayout, QListWidget, QStackedWidget, QWidget
 
-from patina.gui.tool_page import LORA_FILTER, MODEL_FILTER, LoraTable, ToolPage, existing
+from patina.gui.tool_page import LORA_FILTER, MODEL_FILTER, LoraTable, OutputPathEdit, ToolPage, existing
 from patina.gui.widgets import FloatSpinBox, NoWheelComboBox, NoWheelSpinBox, PathEdit
 
 DYNAMIC = [("Fixed rank", None), ("sv_ratio", "sv_ratio"), ("sv_fro", "sv_fro"), ("sv_cumulative", "sv_cumulative")]
@@ -43,6 +43,7 @@ def _float(value: float, low: float, high: float, step: float) -> FloatSpinBox:
     f.setRange(low, high)
     f.setSingleStep(step)
     f.setValue(value)
+    f.setMinimumWidth(110)
     return f
 
 
@@ -105,7 +106,7 @@ class ResizePage(_DynamicFields, ToolPage):
         self.add_dynamic(self.form)
         self.precision = _combo(PRECISIONS)
         self.device = _combo(DEVICES)
-        self.out = PathEdit("file", LORA_FILTER)
+        self.out = OutputPathEdit(LORA_FILTER)
         self.form.addRow("Save as", self.precision)
         self.form.addRow("Device", self.device)
         self.form.addRow("Output file", self.out)
@@ -139,7 +140,7 @@ class MergePage(ToolPage):
         self.conv_rank = _spin(0, 1024, 0, "same as rank")
         self.precision = _combo(PRECISIONS)
         self.device = _combo(DEVICES)
-        self.out = PathEdit("file", LORA_FILTER)
+        self.out = OutputPathEdit(LORA_FILTER)
         for label, w in (("LoRA files", self.loras), ("Mode", self.mode), ("Rank", self.rank),
                          ("Conv 3×3 rank", self.conv_rank), ("Save as", self.precision), ("Device", self.device),
                          ("Output file", self.out)):
@@ -179,7 +180,7 @@ class MergeIntoPage(ToolPage):
         self.base = PathEdit("file_or_dir", MODEL_FILTER)
         self.loras = LoraTable()
         self.dtype = _combo(["fp16", "bf16", "fp32"])
-        self.out = PathEdit("file_or_dir", LORA_FILTER)
+        self.out = OutputPathEdit("Models (*.safetensors);;A folder (give a new name)")
         for label, w in (("Base model", self.base), ("LoRA files", self.loras), ("Save as", self.dtype),
                          ("Output", self.out)):
             self.form.addRow(label, w)
@@ -226,7 +227,7 @@ class ExtractPage(_DynamicFields, ToolPage):
         self.min_diff = _float(0.01, 0.0, 10.0, 0.005)
         self.precision = _combo(PRECISIONS)
         self.device = _combo(DEVICES)
-        self.out = PathEdit("file", LORA_FILTER)
+        self.out = OutputPathEdit(LORA_FILTER)
         for label, w in (("Clamp quantile", self.clamp), ("Minimum difference", self.min_diff),
                          ("Save as", self.precision), ("Device", self.device), ("Output file", self.out)):
             self.form.addRow(label, w)
@@ -267,6 +268,7 @@ class ToolsTab(QWidget):
             self.pages[key] = page
             self.stack.addWidget(page)
             self.list.addItem(page.title)
+        self.list.setSpacing(3)
         self.list.setFixedWidth(max(170, self.list.sizeHintForColumn(0) + 24))
         self.list.currentRowChanged.connect(self.stack.setCurrentIndex)
         self.list.setCurrentRow(0)
