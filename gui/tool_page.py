@@ -9,6 +9,8 @@ A page subclass builds its fields in :meth:`ToolPage.build` and returns the work
 from __future__ import annotations
 
 import os
+import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,14 @@ LORA_FILTER = "LoRA files (*.safetensors)"
 MODEL_FILTER = "Models (*.safetensors *.ckpt)"
 
 
-def run_tool(task: Task, tool: str, kwargs: dict[str, Any]) -> str:
-    """Worker thread: run one LoRA tool (or verify) and return its report as text."""
+def run_tool(task: Task, tool: str, kwargs: dict[str, Any]) -> tuple[str, str]:
+    """Worker thread: run one LoRA tool (or verify); returns (its report as text, a one-line status)."""
     if tool == "verify":
         from patina.core.lora.verify import format_verify_report, verify_lora
 
-        return format_verify_report(verify_lora(**kwargs))
+        report = verify_lora(**kwargs)
+        verdict = "loads in every loader" if report.ok else "problems found (see Loaders)"
+        return format_verify_report(report), f"Done: {verdict}."
     if tool == "resize":
         from patina.core.lora.resize import resize as fn
     elif tool == "merge":
@@ -44,7 +48,7 @@ def run_tool(task: Task, tool: str, kwargs: dict[str, Any]) -> str:
         raise ValueError(f"unknown tool {tool}")
     report = fn(**kwargs, progress=lambda done, total, message: task.progress(done, total, message),
                 cancelled=lambda: task.stop_requested)
-    return "\n".join(report.lines(True))
+    return "\n".join(report.lines(True)), "Done."
 
 
 def free_name(folder: Path, stem: str, suffix: str, taken: list[str]) -> Path:
@@ -262,14 +266,18 @@ class ToolPage(QWidget):
         self.progress.setValue(done)
         self.message.setText(message)
 
-    def _done(self, text: str) -> None:
+    def _done(self, result: tuple[str, str]) -> None:
         self.task = None
+        text, status = result
         self._finish("done", text)
+        self.message.setText(status)
 
     def _failed(self, exc: BaseException) -> None:
         from patina.core.lora.toolkit import Cancelled
 
         self.task = None
+        if not isinstance(exc, PatinaError) and sys.stderr is not None:   # a bug: keep its traceback
+            traceback.print_exception(exc, file=sys.stderr)
         self._finish("cancelled" if isinstance(exc, Cancelled) else "failed", error_text(exc))
 
     def _finish(self, state: str, text: str) -> None:

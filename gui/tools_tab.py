@@ -100,6 +100,8 @@ class ResizePage(_DynamicFields, ToolPage):
         self.src = PathEdit("file", LORA_FILTER)
         self.rank = _spin(1, 1024, 16)
         self.conv_rank = _spin(0, 1024, 0, "same as rank")
+        self.conv_rank.setToolTip("The rank of 3×3 conv (LoCon) modules; by default the new rank, or their own "
+                                  "rank when that is already lower")
         self.form.addRow("LoRA file", self.src)
         self.form.addRow("New rank", self.rank)
         self.form.addRow("Conv 3×3 rank", self.conv_rank)

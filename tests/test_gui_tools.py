@@ -117,6 +117,7 @@ def test_extract_and_verify_pages(qtbot, tab, models, tmp_path):
     verify.model.setText(str(models["sd1"]["folder"]))
     text = _run(qtbot, verify, timeout=60000)
     assert f"Against {models['sd1']['folder']} (sd1): every module fits" in text, text
+    assert verify.message.text() == "Done: loads in every loader."
 
 
 def test_cancel_during_a_run_leaves_no_output(qtbot, tab, models, tmp_path, monkeypatch):
