@@ -99,6 +99,7 @@ class ResizePage(_DynamicFields, ToolPage):
     def build(self) -> None:
         self.src = PathEdit("file", LORA_FILTER)
         self.rank = _spin(1, 1024, 16)
+        self.rank.setToolTip("The rank of every module; with a dynamic rank choice, the largest rank allowed")
         self.conv_rank = _spin(0, 1024, 0, "same as rank")
         self.conv_rank.setToolTip("The rank of 3×3 conv (LoCon) modules; by default the new rank, or their own "
                                   "rank when that is already lower")
