@@ -61,9 +61,18 @@ class _DynamicFields:
         self.dynamic_param.setToolTip("sv_ratio: keep singular values above max/ratio (e.g. 8); sv_fro and "
                                       "sv_cumulative: the share of energy to keep (0–1, e.g. 0.9)")
         self.dynamic_param.setEnabled(False)
-        self.dynamic.currentIndexChanged.connect(lambda _i: self.dynamic_param.setEnabled(bool(self.dynamic.currentData())))
+        self.dynamic.currentIndexChanged.connect(self._dynamic_changed)
         form.addRow("Rank choice", self.dynamic)
         form.addRow("Dynamic parameter", self.dynamic_param)
+
+    def _dynamic_changed(self, *_a) -> None:
+        method = self.dynamic.currentData()
+        self.dynamic_param.setEnabled(bool(method))
+        value = self.dynamic_param.value()
+        if method == "sv_ratio" and value < 1:           # a ratio of singular values: ≥ 1
+            self.dynamic_param.setValue(8.0)
+        elif method in ("sv_fro", "sv_cumulative") and not 0 < value <= 1:   # a share: (0, 1]
+            self.dynamic_param.setValue(0.9)
 
     def dynamic_kwargs(self) -> dict[str, Any]:
         method = self.dynamic.currentData()

@@ -68,6 +68,23 @@ def test_resize_page_proposes_an_output_runs_and_shows_the_report(qtbot, tab, mo
     assert {v.shape[0] for k, v in out.items() if k.endswith("lora_down.weight")} == {2}
 
 
+def test_resize_page_dynamic_rank(qtbot, tab, models, tmp_path):
+    lora = _locon(models, "sd1", tmp_path / "d.safetensors", rank=6)
+    page = tab.show_page("resize")
+    page.src.setText(str(lora))
+    page.rank.setValue(6)
+    assert not page.dynamic_param.isEnabled()
+    page.dynamic.setCurrentText("sv_ratio")
+    assert page.dynamic_param.isEnabled() and page.dynamic_param.value() == 8.0   # a valid ratio
+    page.dynamic.setCurrentText("sv_fro")
+    assert page.dynamic_param.value() == 0.9
+    page.dynamic_param.setValue(0.5)
+    text = _run(qtbot, page)
+    assert page.state == "done", text
+    ranks = {v.shape[0] for k, v in load_file(page.out.text()).items() if k.endswith("lora_down.weight")}
+    assert max(ranks) < 6 and "rank 6 → " in text
+
+
 def test_merge_pages_take_weights_per_lora(qtbot, tab, models, tmp_path):
     a = _locon(models, "sd1", tmp_path / "a.safetensors", rank=2, seed=1)
     b = _locon(models, "sd1", tmp_path / "b.safetensors", rank=2, seed=2)
