@@ -23,7 +23,7 @@ MARKER = ".patina-demo"   # written into a demo folder, so preparing it again ma
 
 # Samples every epoch, and the quality report's prompts: trigger prompts (the concept in colours and on
 # backgrounds it was shown in and not) and class prompts of the pretraining grammar (what must not change).
-_OPTS = "--w 64 --h 64 --s 12 --l 5"
+_OPTS = "--w 64 --h 64 --s 20 --l 5"
 SAMPLE_PROMPTS = "\n".join([
     f"a red {world.TRIGGER} shape on a white background {_OPTS} --d 1",
     f"a blue {world.TRIGGER} shape on a sky and grass background {_OPTS} --d 2",
@@ -54,18 +54,18 @@ SETTINGS = {
     "conv_dim": 8,
     "conv_alpha": 8,
     "train_batch_size": 4,
-    "epoch": 6,
+    "epoch": 8,
     "learning_rate": 2e-3,
     "unet_lr": 2e-3,
     "text_encoder_lr": 0.0,       # UNet only: the class prompts' words keep their meaning
-    "lr_scheduler": "constant",
+    "lr_scheduler": "cosine",
     "lr_warmup": 0,
     "optimizer": "AdamW",
     "mixed_precision": "no",
     "save_precision": "fp16",
     "save_every_n_epochs": 0,
     "sample_every_n_epochs": 1,
-    "sample_sampler": "ddim",
+    "sample_sampler": "euler_a",
     "sample_prompts": SAMPLE_PROMPTS,
     "quality_report": True,
     "quality_prompts": QUALITY_PROMPTS,
