@@ -105,8 +105,9 @@ class QualityView(QWidget):
         self.content.addWidget(self.grid_scroll)
         self.content.setStretchFactor(0, 0)   # the table as wide as its columns; the grid gets the rest
         self.content.setStretchFactor(1, 1)
-        self._sized = False
+        self._sized = False   # True once the user has moved the splitter
         self.content.setChildrenCollapsible(False)
+        self.content.splitterMoved.connect(self._user_sized)
 
         self._stack = QStackedLayout(self)
         self._stack.addWidget(self.placeholder)
@@ -147,14 +148,19 @@ class QualityView(QWidget):
         self._fit_panels()
 
     def _fit_panels(self) -> None:
-        """Once per run, when the report is first shown: the table as wide as its columns (at most 60 %), the
-        grid the rest. Later the user's splitter position stays."""
+        """The table as wide as its columns (at most 60 %), the grid the rest — until the user moves the
+        splitter; then their position stays for the run."""
         total = self.content.width()
         if self._sized or self.report is None or not self.content.isVisible() or total < 200:
             return
-        self._sized = True
-        left = min(self.table.sizeHint().width() + 8, int(total * 0.6))
+        self.table.resizeColumnsToContents()
+        wanted = (self.table.horizontalHeader().length() + 2 * self.table.frameWidth()
+                  + self.table.verticalScrollBar().sizeHint().width() + 8)
+        left = min(max(wanted, self.table.sizeHint().width() + 8), int(total * 0.6))
         self.content.setSizes([left, total - left])
+
+    def _user_sized(self, *_args) -> None:
+        self._sized = True
 
     def resizeEvent(self, event):  # noqa: N802
         super().resizeEvent(event)
