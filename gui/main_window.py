@@ -24,10 +24,11 @@ from patina.gui.monitor_tab import MonitorTab
 from patina.gui.param_fields import problem_text
 from patina.gui.state import GuiState, load_state, save_state
 from patina.gui.tasks import run_task
+from patina.gui.test_tab import LoraTestTab
 from patina.gui.training_tab import TrainingTab
 
-TABS = ("dataset", "training", "monitor")
-TAB_TITLES = {"dataset": "Dataset", "training": "Training", "monitor": "Monitor"}
+TABS = ("dataset", "training", "monitor", "test")
+TAB_TITLES = {"dataset": "Dataset", "training": "Training", "monitor": "Monitor", "test": "Test"}
 DATASET_KEYS = ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir")
 DEMO_TIP = ("Copy a small demo dataset into a new folder (Documents/Patina demo) and train a LoRA on the tiny demo "
             "model that comes with Patina: a few minutes, no GPU needed")
@@ -78,6 +79,8 @@ class MainWindow(ConfigDocument, QMainWindow):
         self.tabs.addTab(self.dataset_tab, TAB_TITLES["dataset"])
         self.tabs.addTab(self.training, TAB_TITLES["training"])
         self.tabs.addTab(self.monitor, TAB_TITLES["monitor"])
+        self.test_tab = LoraTestTab(self, config_source=self.form.values)
+        self.tabs.addTab(self.test_tab, TAB_TITLES["test"])
         self.setCentralWidget(self.tabs)
 
         self._build_actions()
