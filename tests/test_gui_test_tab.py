@@ -80,6 +80,10 @@ def test_the_tab_starts_from_the_config_and_renders_the_runs_epochs(qtbot, tab, 
     assert [Path(p).name for p in settings["loras"]] == ["toy-000001.safetensors", "toy-000002.safetensors"]
     shots = os.environ.get("PATINA_SHOTS")
     if shots:
+        for d in (dlg, cmp):
+            d.close()
+        g.checks[g.rows[1]].setChecked(False)
+        qtbot.wait(200)
         tab.window().grab().save(str(Path(shots) / "testtab-grid.png"))
 
 
