@@ -75,7 +75,7 @@ def test_rows_are_lora_files_columns_are_weights_and_weight_0_is_the_base_model(
     assert np.abs(px(result.cells[0][1].image) - px(result.cells[1][1].image)).mean() > 2
     # the grid image: a label column and header, then rows × columns of (enlarged) cells
     cell = 128
-    assert result.image.width >= 4 * (cell + 2) + 40 and result.image.height == 30 + 2 * (cell + 2)
+    assert result.image.width >= 4 * (cell + 2) + 40 and 30 <= result.image.height - 2 * (cell + 2) <= 60
 
 
 def test_each_cell_depends_only_on_its_seed_and_the_base_is_left_as_it_was(demo):

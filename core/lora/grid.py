@@ -308,8 +308,10 @@ def grid_image(rows: list[list[GridCell]], row_labels: list[str], column_labels:
     """The labelled grid of *rows* (full-size cells; tiny images enlarged)."""
     from patina.core.train.quality import compose_grid
 
-    return compose_grid([[c.image for c in row] for row in rows], row_labels, column_labels, cell=None,
-                        min_cell=128, max_left=320)
+    cells = [[c.image for c in row] for row in rows]
+    width = cells[0][0].width if cells and cells[0] else 0
+    return compose_grid(cells, row_labels, column_labels, cell=None, min_cell=128, max_left=max(320, width),
+                        font_size=max(12, min(32, width // 24)))
 
 
 # ----------------------------------------------------------------------------------------------------------

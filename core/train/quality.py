@@ -437,15 +437,16 @@ LINE = 13   # label line height, pixels
 
 
 def compose_grid(rows: list[list], row_labels: list[str], column_labels: list[list[str]], *, cell: int | None = CELL,
-                 min_cell: int = 96, max_left: int = 240):
+                 min_cell: int = 96, max_left: int = 240, font_size: int | None = None):
     """A labelled image grid: *rows* of (H, W, 3) float images in [0, 1] (or PIL images), a label left of each
     row and a few lines of label above each column (the first line black, the others grey).
 
     Cells larger than *cell* pixels are shrunk to it (``None``: kept at the first cell's size); cells smaller
     than *min_cell* are enlarged by a whole factor with nearest-neighbour so their pixels stay sharp. Every
-    cell is drawn at the first cell's size. Labels that do not fit are shortened with an ellipsis."""
+    cell is drawn at the first cell's size. Labels that do not fit are shortened with an ellipsis.
+    *font_size*: of the labels (None: Pillow's small default font)."""
     import numpy as np
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     if not rows or not rows[0]:
         return Image.new("RGB", (64, 64), "white")
@@ -462,31 +463,39 @@ def compose_grid(rows: list[list], row_labels: list[str], column_labels: list[li
     if max(h, w) < min_cell:   # tiny samples: enlarge sharply so they can be seen
         k = max(1, min_cell // max(h, w))
         ch, cw = h * k, w * k
+    font, line = None, LINE
+    if font_size:
+        try:
+            font, line = ImageFont.load_default(size=font_size), font_size + 4
+        except (TypeError, OSError):   # an old Pillow or one without FreeType: the small bitmap font
+            pass
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
     def fit(text: str, width: int) -> str:
         text = str(text)
-        if measure.textlength(text) <= width:
+        if measure.textlength(text, font=font) <= width:
             return text
-        while text and measure.textlength(text + "…") > width:
+        while text and measure.textlength(text + "…", font=font) > width:
             text = text[:-1]
         return text + "…"
 
     gap = 2
     lines = max((len(c) for c in column_labels), default=0)
-    top = max(30, LINE * lines + 4)
-    left = max(40, min(max_left, max((int(measure.textlength(str(t))) + 8 for t in row_labels), default=0)))
+    top = max(30, line * lines + 4)
+    left = max(40, min(max_left, max((int(measure.textlength(str(t), font=font)) + 8 for t in row_labels),
+                                     default=0)))
     cols = max(len(r) for r in rows)
     img = Image.new("RGB", (left + cols * (cw + gap), top + len(rows) * (ch + gap)), "white")
     draw = ImageDraw.Draw(img)
     for c, label in enumerate(column_labels[:cols]):
         x = left + c * (cw + gap)
         for i, text in enumerate(label):
-            draw.text((x + 2, 2 + LINE * i), fit(text, cw + gap - 4), fill=(0, 0, 0) if i == 0 else (90, 90, 90))
+            draw.text((x + 2, 2 + line * i), fit(text, cw + gap - 4), fill=(0, 0, 0) if i == 0 else (90, 90, 90),
+                      font=font)
     for r, cells in enumerate(rows):
         y = top + r * (ch + gap)
         if r < len(row_labels):
-            draw.text((4, y + ch // 2 - 6), fit(row_labels[r], left - 8), fill=(0, 0, 0))
+            draw.text((4, y + ch // 2 - line // 2), fit(row_labels[r], left - 8), fill=(0, 0, 0), font=font)
         for c, arr in enumerate(cells):
             tile = as_image(arr)
             resample = Image.NEAREST if cw >= tile.width else Image.LANCZOS
