@@ -24,11 +24,12 @@ from patina.gui.monitor_tab import MonitorTab
 from patina.gui.param_fields import problem_text
 from patina.gui.state import GuiState, load_state, save_state
 from patina.gui.tasks import run_task
+from patina.gui.test_tab import LoraTestTab
 from patina.gui.tools_tab import ToolsTab
 from patina.gui.training_tab import TrainingTab
 
-TABS = ("dataset", "training", "monitor", "tools")
-TAB_TITLES = {"dataset": "Dataset", "training": "Training", "monitor": "Monitor", "tools": "Tools"}
+TABS = ("dataset", "training", "monitor", "test", "tools")
+TAB_TITLES = {"dataset": "Dataset", "training": "Training", "monitor": "Monitor", "test": "Test", "tools": "Tools"}
 DATASET_KEYS = ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir")
 DEMO_TIP = ("Copy a small demo dataset into a new folder (Documents/Patina demo) and train a LoRA on the tiny demo "
             "model that comes with Patina: a few minutes, no GPU needed")
@@ -79,6 +80,8 @@ class MainWindow(ConfigDocument, QMainWindow):
         self.tabs.addTab(self.dataset_tab, TAB_TITLES["dataset"])
         self.tabs.addTab(self.training, TAB_TITLES["training"])
         self.tabs.addTab(self.monitor, TAB_TITLES["monitor"])
+        self.test_tab = LoraTestTab(self, config_source=self.form.values)
+        self.tabs.addTab(self.test_tab, TAB_TITLES["test"])
         self.tools = ToolsTab(self)
         self.tabs.addTab(self.tools, TAB_TITLES["tools"])
         self.setCentralWidget(self.tabs)

@@ -26,12 +26,12 @@ def _row_title(epoch: int, step: int) -> str:
 
 
 class ImageDialog(QDialog):
-    """One sample, large, with its prompt."""
+    """One sample, large, with its prompt (or *caption*, HTML) under it; *title*: the window's title."""
 
-    def __init__(self, sample: Sample, parent=None):
+    def __init__(self, sample: Sample, parent=None, *, title: str | None = None, caption: str | None = None):
         super().__init__(parent)
         self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        self.setWindowTitle(f"Sample — {_row_title(sample.epoch, sample.step).replace(chr(10), ', ')}")
+        self.setWindowTitle(title or f"Sample — {_row_title(sample.epoch, sample.step).replace(chr(10), ', ')}")
         layout = QVBoxLayout(self)
         pix = QPixmap(sample.path)
         self.image = QLabel(self)
@@ -56,7 +56,7 @@ class ImageDialog(QDialog):
                                      Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation)
             self.image.setPixmap(pix)
         layout.addWidget(self.image, 1)
-        prompt = QLabel(f"<b>Prompt {sample.index + 1}:</b> {html.escape(sample.prompt)}", self)
+        prompt = QLabel(caption or f"<b>Prompt {sample.index + 1}:</b> {html.escape(sample.prompt)}", self)
         prompt.setWordWrap(True)
         prompt.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(prompt)
@@ -120,12 +120,18 @@ class CompareDialog(QDialog):
 
 
 class SampleGallery(QWidget):
-    """Samples as they arrive: one row per sampling moment (epoch/step), one column per prompt."""
+    """Samples as they arrive: one row per sampling moment (epoch/step), one column per prompt.
+
+    Other grids reuse it: *row_title* names a row from its (epoch, step) key, *column_title* gives a column's
+    header (HTML) from its index and the sample's prompt text, *hint* replaces the text above the grid."""
 
     count_changed = Signal(int)
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, *, row_title=None, column_title=None, hint: str | None = None):
         super().__init__(parent)
+        self.row_title = row_title or (lambda key: _row_title(*key))
+        self.column_title = column_title or (
+            lambda index, prompt: f"<b>{index + 1}.</b> {html.escape(prompt if len(prompt) <= 60 else prompt[:57] + '…')}")
         self.rows: list[tuple[int, int]] = []                    # (epoch, step) in arrival order
         self.samples: dict[tuple[int, int], dict[int, Sample]] = {}
         self.prompts: dict[int, str] = {}
@@ -133,8 +139,8 @@ class SampleGallery(QWidget):
         self.thumbs: dict[tuple[tuple[int, int], int], QToolButton] = {}
         self._headers: dict[int, QLabel] = {}
         top = QHBoxLayout()
-        self.hint = QLabel("Samples appear here while training. Tick two rows to compare them side by side; "
-                           "click an image to enlarge it.", self)
+        self.hint = QLabel(hint or "Samples appear here while training. Tick two rows to compare them side by "
+                           "side; click an image to enlarge it.", self)
         self.hint.setStyleSheet("color: palette(placeholder-text);")
         self.hint.setWordWrap(True)
         self.compare_button = QPushButton("Compare selected", self)
@@ -178,7 +184,7 @@ class SampleGallery(QWidget):
             self.samples[key] = {}
             self.rows.append(key)
             row = len(self.rows)
-            check = QCheckBox(_row_title(*key), self.body)
+            check = QCheckBox(self.row_title(key), self.body)
             check.toggled.connect(self._selection_changed)
             self.grid.addWidget(check, row, 0, Qt.AlignmentFlag.AlignTop)
             self.checks[key] = check
@@ -194,8 +200,7 @@ class SampleGallery(QWidget):
                 head.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignBottom)
                 self.grid.addWidget(head, 0, col)
                 self._headers[s.index] = head
-            short = s.prompt if len(s.prompt) <= 60 else s.prompt[:57] + "…"
-            head.setText(f"<b>{s.index + 1}.</b> {html.escape(short)}")
+            head.setText(self.column_title(int(s.index), s.prompt))
             head.setToolTip(s.prompt)
         self.samples[key][int(s.index)] = s
         button = self.thumbs.get((key, col))
@@ -217,9 +222,14 @@ class SampleGallery(QWidget):
         self.count_changed.emit(self.count())
 
     def enlarge(self, s: Sample) -> ImageDialog:
-        dlg = ImageDialog(s, self.window())
+        key = (int(s.epoch), int(s.step))
+        dlg = ImageDialog(s, self.window(), **(self.dialog_text(s, key) or {}))
         dlg.show()
         return dlg
+
+    def dialog_text(self, s: Sample, key: tuple[int, int]) -> dict | None:
+        """Title and caption of the enlarge dialog of *s* (None: the Monitor's)."""
+        return None
 
     def selected_rows(self) -> list[tuple[int, int]]:
         return [k for k in self.rows if self.checks[k].isChecked()]
@@ -234,7 +244,7 @@ class SampleGallery(QWidget):
         if len(sel) != 2:
             return None
         a, b = sel
-        dlg = CompareDialog((_row_title(*a), self.samples[a]), (_row_title(*b), self.samples[b]), self.prompts,
+        dlg = CompareDialog((self.row_title(a), self.samples[a]), (self.row_title(b), self.samples[b]), self.prompts,
                             self.window())
         dlg.show()
         return dlg

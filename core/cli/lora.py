@@ -1,4 +1,4 @@
-"""``patina lora merge-into | merge | resize | extract``: the LoRA tools from the command line.
+"""``patina lora merge-into | merge | resize | extract | grid``: the LoRA tools from the command line.
 
 Progress goes to the terminal (stderr), Ctrl+C cancels and leaves no output, user mistakes end with one line.
 LoRAs with a weight are written ``file.safetensors:0.8`` (weight 1 when left out).
@@ -14,7 +14,7 @@ DYNAMIC = ("sv_ratio", "sv_fro", "sv_cumulative")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("lora", help="LoRA tools: merge into a checkpoint, merge LoRAs, resize, extract")
+    p = sub.add_parser("lora", help="LoRA tools: merge into a checkpoint, merge LoRAs, resize, extract, try them in a grid")
     lsub = p.add_subparsers(dest="lora_command", metavar="TOOL")
     p.set_defaults(handler=lambda a: (p.print_help(), 0)[1])
 
@@ -66,6 +66,10 @@ def register(sub) -> None:
     ex.add_argument("--verbose", action="store_true", help="print every module's rank and retained energy")
     _common(ex)
     ex.set_defaults(handler=_extract)
+
+    from patina.core.cli.grid import add_grid_parser
+
+    add_grid_parser(lsub)
 
 
 def _common(parser, device: bool = True) -> None:

@@ -421,33 +421,84 @@ class QualityReport:
 
 def render_grid(rows: list[tuple[int, list]], prompts: list[ReportPrompt], weights: list[float]):
     """The grid image: a header row (prompt id, LoRA weight), then one row per epoch (its number on the left)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
     if not rows or not rows[0][1]:
+        from PIL import Image
+
         return Image.new("RGB", (64, 64), "white")
-    h, w = rows[0][1][0].shape[:2]
-    scale = min(1.0, CELL / max(h, w))
+    columns = []
+    for c in range(len(rows[0][1])):
+        pi, wi = divmod(c, len(weights))
+        tag = prompts[pi].kind[0].upper() if pi < len(prompts) else ""
+        columns.append([f"P{pi + 1}{tag}", f"w {weights[wi]:g}"])
+    return compose_grid([cells for _, cells in rows], [f"e{epoch}" for epoch, _ in rows], columns)
+
+
+LINE = 13   # label line height, pixels
+
+
+def compose_grid(rows: list[list], row_labels: list[str], column_labels: list[list[str]], *, cell: int | None = CELL,
+                 min_cell: int = 96, max_left: int = 240, font_size: int | None = None):
+    """A labelled image grid: *rows* of (H, W, 3) float images in [0, 1] (or PIL images), a label left of each
+    row and a few lines of label above each column (the first line black, the others grey).
+
+    Cells larger than *cell* pixels are shrunk to it (``None``: kept at the first cell's size); cells smaller
+    than *min_cell* are enlarged by a whole factor with nearest-neighbour so their pixels stay sharp. Every
+    cell is drawn at the first cell's size. Labels that do not fit are shortened with an ellipsis.
+    *font_size*: of the labels (None: Pillow's small default font)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not rows or not rows[0]:
+        return Image.new("RGB", (64, 64), "white")
+
+    def as_image(arr):
+        if isinstance(arr, Image.Image):
+            return arr.convert("RGB")
+        return Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype("uint8"))
+
+    first = as_image(rows[0][0])
+    w, h = first.size
+    scale = 1.0 if cell is None else min(1.0, cell / max(h, w))
     ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
-    if max(h, w) < 96:   # tiny samples: enlarge sharply so they can be seen
-        k = 96 // max(h, w)
+    if max(h, w) < min_cell:   # tiny samples: enlarge sharply so they can be seen
+        k = max(1, min_cell // max(h, w))
         ch, cw = h * k, w * k
-    gap, left, top = 2, 40, 30
-    cols = len(rows[0][1])
+    font, line = None, LINE
+    if font_size:
+        try:
+            font, line = ImageFont.load_default(size=font_size), font_size + 4
+        except (TypeError, OSError):   # an old Pillow or one without FreeType: the small bitmap font
+            pass
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def fit(text: str, width: int) -> str:
+        text = str(text)
+        if measure.textlength(text, font=font) <= width:
+            return text
+        while text and measure.textlength(text + "…", font=font) > width:
+            text = text[:-1]
+        return text + "…"
+
+    gap = 2
+    lines = max((len(c) for c in column_labels), default=0)
+    top = max(30, line * lines + 4)
+    left = max(40, min(max_left, max((int(measure.textlength(str(t), font=font)) + 8 for t in row_labels),
+                                     default=0)))
+    cols = max(len(r) for r in rows)
     img = Image.new("RGB", (left + cols * (cw + gap), top + len(rows) * (ch + gap)), "white")
     draw = ImageDraw.Draw(img)
-    for c in range(cols):
-        pi, wi = divmod(c, len(weights))
+    for c, label in enumerate(column_labels[:cols]):
         x = left + c * (cw + gap)
-        tag = prompts[pi].kind[0].upper() if pi < len(prompts) else ""
-        draw.text((x + 2, 2), f"P{pi + 1}{tag}", fill=(0, 0, 0))
-        draw.text((x + 2, 15), f"w {weights[wi]:g}", fill=(90, 90, 90))
-    for r, (epoch, cells) in enumerate(rows):
+        for i, text in enumerate(label):
+            draw.text((x + 2, 2 + line * i), fit(text, cw + gap - 4), fill=(0, 0, 0) if i == 0 else (90, 90, 90),
+                      font=font)
+    for r, cells in enumerate(rows):
         y = top + r * (ch + gap)
-        draw.text((4, y + ch // 2 - 6), f"e{epoch}", fill=(0, 0, 0))
+        if r < len(row_labels):
+            draw.text((4, y + ch // 2 - line // 2), fit(row_labels[r], left - 8), fill=(0, 0, 0), font=font)
         for c, arr in enumerate(cells):
-            tile = Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype("uint8"))
-            resample = Image.NEAREST if cw >= w else Image.LANCZOS
+            tile = as_image(arr)
+            resample = Image.NEAREST if cw >= tile.width else Image.LANCZOS
             img.paste(tile.resize((cw, ch), resample), (left + c * (cw + gap), y))
     return img
 
