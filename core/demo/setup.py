@@ -26,9 +26,7 @@ MARKER = ".patina-demo"   # written into a demo folder, so preparing it again ma
 _OPTS = "--w 64 --h 64 --s 20 --l 5"
 SAMPLE_PROMPTS = "\n".join([
     f"a red {world.TRIGGER} shape on a white background {_OPTS} --d 1",
-    f"a blue {world.TRIGGER} shape on a sky and grass background {_OPTS} --d 2",
     f"a red circle on a white background {_OPTS} --d 1",
-    f"a blue square on a sky and grass background {_OPTS} --d 2",
 ])
 QUALITY_PROMPTS = "\n".join([
     f"a red {world.TRIGGER} shape on a white background {_OPTS} --d 100",
@@ -54,7 +52,7 @@ SETTINGS = {
     "conv_dim": 8,
     "conv_alpha": 8,
     "train_batch_size": 4,
-    "epoch": 8,
+    "epoch": 6,
     "learning_rate": 2e-3,
     "unet_lr": 2e-3,
     "text_encoder_lr": 0.0,       # UNet only: the class prompts' words keep their meaning
@@ -69,7 +67,7 @@ SETTINGS = {
     "sample_prompts": SAMPLE_PROMPTS,
     "quality_report": True,
     "quality_prompts": QUALITY_PROMPTS,
-    "quality_seeds": 4,
+    "quality_seeds": 3,
     "quality_weights": "0,0.5,0.8,1.0",
     "seed": 42,
     "prior_loss_weight": 1.0,
