@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 import time
 
+from patina.core.models.families import FAMILIES
+
 
 DYNAMIC = ("sv_ratio", "sv_fro", "sv_cumulative")
 
@@ -24,7 +26,7 @@ def register(sub) -> None:
     mi.add_argument("-o", "--output", required=True,
                     help="output .safetensors (single-file base) or folder (diffusers base); never an input")
     mi.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"), help="output precision (fp16)")
-    mi.add_argument("--family", choices=("sd1", "sd2", "sdxl"), help="model family when it cannot be detected")
+    mi.add_argument("--family", choices=FAMILIES, help="model family when it cannot be detected")
     _common(mi, device=False)
     mi.set_defaults(handler=_merge_into)
 
@@ -62,7 +64,7 @@ def register(sub) -> None:
     ex.add_argument("--clamp-quantile", type=float, default=0.99, help="clamp factors to this quantile (0.99)")
     ex.add_argument("--min-diff", type=float, default=0.01,
                     help="a text encoder whose largest change is at most this is left out (0.01)")
-    ex.add_argument("--family", choices=("sd1", "sd2", "sdxl"), help="model family when it cannot be detected")
+    ex.add_argument("--family", choices=FAMILIES, help="model family when it cannot be detected")
     ex.add_argument("--verbose", action="store_true", help="print every module's rank and retained energy")
     _common(ex)
     ex.set_defaults(handler=_extract)

@@ -61,7 +61,7 @@ SETTINGS = {
     "optimizer": "AdamW",
     "mixed_precision": "no",
     "save_precision": "fp16",
-    "save_every_n_epochs": 0,
+    "save_every_n_epochs": 1,    # every epoch, to pick the best one (quality report, Test tab)
     "sample_every_n_epochs": 1,
     "sample_sampler": "euler_a",
     "sample_prompts": SAMPLE_PROMPTS,
