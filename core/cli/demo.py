@@ -34,19 +34,18 @@ def prepare_from_args(args) -> "object":
 
 
 def run(args) -> int:
-    from patina.core.cli.train import Printer, quiet_libraries
+    from patina.core.cli.train import Printer, quiet_libraries, train_until_ctrl_c
 
     folder = prepare_from_args(args)
     quiet_libraries()
-    from patina.core.train.engine import train
     from patina.core.train.quality import format_table
 
     started = time.time()
-    fin = train(folder.config, Printer(args.quiet), overwrite=True)
+    fin = train_until_ctrl_c(folder.config, Printer(args.quiet), overwrite=True)
     minutes = (time.time() - started) / 60
     print(fin.message, flush=True)
     if fin.status != "finished":
-        return 1
+        return 0 if fin.status == "stopped" else 1
     out = Path(folder.config["output_dir"])
     report_path = out / f"{folder.config['output_name']}-quality.json"
     if report_path.is_file():

@@ -90,6 +90,26 @@ class Printer:
             print(text, flush=True)
 
 
+def train_until_ctrl_c(values: dict, printer: "Printer", *, resume: str | None = None, overwrite: bool = False):
+    """Train in the terminal: the first Ctrl+C stops after the current step and saves, a second one aborts."""
+    from patina.core.train.engine import train
+    from patina.core.train.events import Commands
+
+    commands = Commands()
+
+    def on_sigint(signum, frame):
+        if commands.stop_requested:
+            raise KeyboardInterrupt
+        print("\nStopping after this step and saving… (Ctrl+C again to abort without saving)", file=sys.stderr)
+        commands.request_stop()
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return train(values, printer, commands, resume=resume, overwrite=overwrite)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def quiet_libraries() -> None:
     """Keep the terminal for Patina's own progress: no library progress bars or advisory warnings."""
     import os
@@ -105,7 +125,6 @@ def quiet_libraries() -> None:
 def _train(args) -> int:
     quiet_libraries()
     from patina.core.config.files import apply_overrides, format_load_report, read_config
-    from patina.core.train.events import Commands
 
     result = read_config(args.config)
     if result.kohya or result.unknown or result.warnings:
@@ -129,21 +148,7 @@ def _train(args) -> int:
     if args.dry_run:
         return _dry_run(args, values)
 
-    commands = Commands()
-
-    def on_sigint(signum, frame):  # first Ctrl+C: stop and save; second: abort
-        if commands.stop_requested:
-            raise KeyboardInterrupt
-        print("\nStopping after this step and saving… (Ctrl+C again to abort without saving)", file=sys.stderr)
-        commands.request_stop()
-
-    old = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        from patina.core.train.engine import train
-
-        fin = train(values, Printer(args.quiet), commands, resume=args.resume, overwrite=args.overwrite)
-    finally:
-        signal.signal(signal.SIGINT, old)
+    fin = train_until_ctrl_c(values, Printer(args.quiet), resume=args.resume, overwrite=args.overwrite)
     stream = sys.stderr if fin.status == "failed" else sys.stdout
     from accelerate.state import PartialState
 
