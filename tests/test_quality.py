@@ -262,3 +262,39 @@ def test_the_plan_names_the_held_out_images(sd1_dir, tmp_path):
     p = plan(tiny_cfg(sd1_dir, data, tmp_path / "out", validation_split=0.2, quality_report=True))
     assert "Validation: 1 image(s) held out of training" in p.text and "Quality report after every epoch" in p.text
     assert p.steps_per_epoch == 4   # 4 training images × 2 repeats, batch 2
+
+
+def test_large_report_images_are_generated_a_few_at_a_time(monkeypatch):
+    """At SDXL's size the report asks the pipeline for one prompt's seeds at a time (memory), at the demo's
+    64×64 for every prompt at once."""
+    calls = []
+
+    class Pipe:
+        scheduler = None
+
+        def __call__(self, prompt, generator, num_images_per_prompt, width, height, **kw):
+            calls.append((len(prompt), num_images_per_prompt))
+            n = len(prompt) * num_images_per_prompt
+            return type("Out", (), {"images": np.zeros((n, 8, 8, 3), dtype=np.float32)})()
+
+    class Net:
+        def weight(self, w):
+            import contextlib
+            return contextlib.nullcontext()
+
+    import types
+
+    import patina.core.train.sampling as S
+    monkeypatch.setattr(S, "make_scheduler", lambda *a, **k: None)
+    for size, expected in ((1024, [(1, 2)] * 3), (64, [(3, 2)])):
+        calls.clear()
+        rep = Q.QualityReport.__new__(Q.QualityReport)
+        rep.seeds_n = 2
+        rep.prompts = [Q.ReportPrompt(Q.SamplePrompt(f"p{i}", width=size, height=size, seed=1), "class")
+                       for i in range(3)]
+        rep.run = types.SimpleNamespace(
+            cfg={"sample_sampler": "ddim", "clip_skip": 1, "max_token_length": 75}, seed=1, network=Net(),
+            base=types.SimpleNamespace(family="sd1", scheduler_config={}),
+            accelerator=types.SimpleNamespace(autocast=lambda: __import__("contextlib").nullcontext()))
+        out = rep._images(Pipe(), 1.0)
+        assert calls == expected and [o.shape[0] for o in out] == [2, 2, 2]

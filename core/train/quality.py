@@ -246,7 +246,11 @@ class QualityReport:
             first = self.prompts[members[0]].sample
             kw = prompt_kwargs(run, first)
             batched = kw.get("prompt") is not None   # prompts given as text (not as embeddings) batch together
-            chunks = [members] if batched else [[i] for i in members]
+            # at most about 4 images of 512×512 (1 of 1024×1024) per pipeline call, so that the report fits
+            # wherever training fits; one prompt's seeds always go together
+            per_call = max(1, (4 * 512 * 512) // (first.width * first.height) // self.seeds_n)
+            step = per_call if batched else 1
+            chunks = [members[k:k + step] for k in range(0, len(members), step)]
             for chunk in chunks:
                 sps = [self.prompts[i].sample for i in chunk]
                 if batched:
