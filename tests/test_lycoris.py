@@ -25,6 +25,7 @@ from patina.core.lora.network import build_network, build_network_from_weights
 from patina.core.lora.targets import NetworkSpec
 from patina.core.lora.verify import format_verify_report, verify_lora
 from patina.core.models.tiny import save_tiny_diffusers, tiny_sd1_components, tiny_sdxl_components
+from trainkit import unet_te_inputs, unet_te_outputs
 
 FAMILIES = ("sd1", "sdxl")
 ALGOS = ("loha", "lokr")
@@ -113,21 +114,8 @@ def layer_input(base, g):
     return torch.randn(2, 3, base.in_features, generator=g)
 
 
-def inputs(family: str):
-    g = torch.Generator().manual_seed(123)
-    sample = torch.randn(1, 4, 16, 16, generator=g)
-    ctx = torch.randn(1, 77, 64 if family == "sdxl" else 32, generator=g)
-    ids = torch.randint(0, 500, (1, 77), generator=g)
-    kw = {}
-    if family == "sdxl":
-        kw["added_cond_kwargs"] = {"text_embeds": torch.randn(1, 32, generator=g), "time_ids": torch.randn(1, 6, generator=g)}
-    return sample, ctx, ids, kw
-
-
-@torch.no_grad()
-def outputs(family: str, unet, tes):
-    sample, ctx, ids, kw = inputs(family)
-    return unet(sample, 10, ctx, **kw).sample, [te(ids).last_hidden_state for te in tes]
+inputs = unet_te_inputs      # shared with the other network tests (trainkit)
+outputs = unet_te_outputs
 
 
 def close(a, b, tol=1e-4):

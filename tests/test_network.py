@@ -19,6 +19,7 @@ from patina.core.lora.kohya_format import build_metadata, save_lora
 from patina.core.lora.network import LoraNetwork, build_network, build_network_from_weights
 from patina.core.lora.targets import BLOCK_LAYOUTS, NetworkSpec, UNetLayout, lr_weight_preset
 from patina.core.models.tiny import tiny_pipeline, tiny_sd1_components, tiny_sdxl_components
+from trainkit import unet_te_inputs, unet_te_outputs
 
 TE_KEY = re.compile(r"^lora_te[12]?_text_model_encoder_layers_\d+_(self_attn_(q|k|v|out)_proj|mlp_fc[12])$")
 SGM_KEY = re.compile(r"^lora_unet_(input_blocks_\d+_\d+|middle_block_\d+|output_blocks_\d+_\d+)_")
@@ -57,23 +58,8 @@ def perturb(net: LoraNetwork, seed: int = 1, scale: float = 0.2) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
-def inputs(family: str):
-    g = torch.Generator().manual_seed(123)
-    sample = torch.randn(1, 4, 16, 16, generator=g)
-    ctx = torch.randn(1, 77, 64 if family == "sdxl" else 32, generator=g)
-    ids = torch.randint(0, 500, (1, 77), generator=g)
-    kw = {}
-    if family == "sdxl":
-        kw["added_cond_kwargs"] = {"text_embeds": torch.randn(1, 32, generator=g), "time_ids": torch.randn(1, 6, generator=g)}
-    return sample, ctx, ids, kw
-
-
-@torch.no_grad()
-def outputs(family: str, unet, tes):
-    sample, ctx, ids, kw = inputs(family)
-    u = unet(sample, 10, ctx, **kw).sample
-    t = [te(ids).last_hidden_state for te in tes]
-    return u, t
+inputs = unet_te_inputs      # shared with the other network tests (trainkit)
+outputs = unet_te_outputs
 
 
 def modules_of(sd: dict) -> dict[str, dict]:

@@ -53,3 +53,26 @@ class Collector:
 
     def of(self, cls):
         return [e for e in self.events if isinstance(e, cls)]
+
+
+def unet_te_inputs(family: str):
+    """Fixed inputs for a tiny UNet and its text encoders: (latents, context, token ids, UNet keyword args)."""
+    import torch
+
+    g = torch.Generator().manual_seed(123)
+    sample = torch.randn(1, 4, 16, 16, generator=g)
+    ctx = torch.randn(1, 77, 64 if family == "sdxl" else 32, generator=g)
+    ids = torch.randint(0, 500, (1, 77), generator=g)
+    kw = {}
+    if family == "sdxl":
+        kw["added_cond_kwargs"] = {"text_embeds": torch.randn(1, 32, generator=g), "time_ids": torch.randn(1, 6, generator=g)}
+    return sample, ctx, ids, kw
+
+
+def unet_te_outputs(family: str, unet, tes):
+    """The UNet's output and each text encoder's last hidden state on :func:`unet_te_inputs`."""
+    import torch
+
+    sample, ctx, ids, kw = unet_te_inputs(family)
+    with torch.no_grad():
+        return unet(sample, 10, ctx, **kw).sample, [te(ids).last_hidden_state for te in tes]
