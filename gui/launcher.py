@@ -106,44 +106,46 @@ def report_startup_failure(text: str) -> None:
         notify("Patina could not start", body + (f"\n\n{where}" if where else ""))
 
 
-def _start_gui(argv: list[str]) -> int:
+def _start_window(start, *, screenshot: bool = False) -> int:
+    """Check that a window can open, then run ``start()`` (which imports Qt and runs the window); every
+    failure on the way is reported (terminal, log file, notification) and gives exit status 1."""
     from patina.gui.qt_preflight import check
 
-    problem = check(screenshot=any(a.startswith("--screenshot") for a in argv))
+    problem = check(screenshot=screenshot)
     if problem is not None:
         report_startup_failure(problem.text())
         return 1
     try:
-        from patina.gui.app import run_app  # noqa: WPS433 (lazy on purpose)
+        return start()
     except ModuleNotFoundError as exc:
         report_startup_failure(f"patina: the window could not start: {exc}.\nRun the installer again to "
                                f"repair the environment.\n\n{traceback.format_exc()}")
         return 1
-    try:
-        return run_app(argv)
     except Exception as exc:  # noqa: BLE001 - anything that stops the window from starting is reported
         report_startup_failure(f"patina: the window could not start: {type(exc).__name__}: {exc}\n\n"
                                f"{traceback.format_exc()}")
         return 1
+
+
+def _start_gui(argv: list[str]) -> int:
+    def start() -> int:
+        from patina.gui.app import run_app  # lazy on purpose: Qt only when the window is wanted
+
+        return run_app(argv)
+
+    return _start_window(start, screenshot=any(a.startswith("--screenshot") for a in argv))
 
 
 def run_demo(config_path) -> int:
     """``patina demo``: open the window with the demo folder's config *config_path* loaded and its training
     started (:func:`patina.gui.app.run_demo`). Returns 1 with the reason reported when no window can open,
     else the window's exit status when it is closed."""
-    from patina.gui.qt_preflight import check
-
-    problem = check(screenshot=False)
-    if problem is not None:
-        report_startup_failure(problem.text())
-        return 1
-    try:
+    def start() -> int:
         from patina.gui.app import run_demo as run_demo_window
+
         return run_demo_window(config_path)
-    except Exception as exc:  # noqa: BLE001 - anything that stops the window from starting is reported
-        report_startup_failure(f"patina: the window could not start: {type(exc).__name__}: {exc}\n\n"
-                               f"{traceback.format_exc()}")
-        return 1
+
+    return _start_window(start)
 
 
 def _demo_in_window(argv: list[str]) -> bool:
