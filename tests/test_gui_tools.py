@@ -137,21 +137,27 @@ def test_extract_and_verify_pages(qtbot, tab, models, tmp_path):
     assert verify.message.text() == "Done: loads in every loader."
 
 
-def test_cancel_during_a_run_leaves_no_output(qtbot, tab, models, tmp_path, monkeypatch):
-    """The tool is held after its first module until Cancel was clicked, so the click lands mid-run."""
+def _hold_resize(monkeypatch) -> threading.Event:
+    """Make resize wait after each module's progress report until the returned event is set."""
     import patina.core.lora.resize as resize_mod
 
-    lora = _locon(models, "sd1", tmp_path / "l.safetensors", rank=4)
     gate = threading.Event()
     real = resize_mod.resize
 
     def held(*args, progress, **kw):
-        def first_then_wait(done, total, message):
+        def report_then_wait(done, total, message):
             progress(done, total, message)
             gate.wait(10)
-        return real(*args, progress=first_then_wait, **kw)
+        return real(*args, progress=report_then_wait, **kw)
 
     monkeypatch.setattr(resize_mod, "resize", held)
+    return gate
+
+
+def test_cancel_during_a_run_leaves_no_output(qtbot, tab, models, tmp_path, monkeypatch):
+    """The tool is held after its first module until Cancel was clicked, so the click lands mid-run."""
+    lora = _locon(models, "sd1", tmp_path / "l.safetensors", rank=4)
+    gate = _hold_resize(monkeypatch)
     page = tab.show_page("resize")
     page.src.setText(str(lora))
     page.rank.setValue(2)
@@ -177,21 +183,11 @@ def test_cancel_during_a_run_leaves_no_output(qtbot, tab, models, tmp_path, monk
 
 
 def test_closing_the_window_cancels_a_running_tool(qtbot, models, tmp_path, monkeypatch):
-    import patina.core.lora.resize as resize_mod
     from patina.gui.main_window import TABS, MainWindow
 
     monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.StandardButton.Discard))
     lora = _locon(models, "sd1", tmp_path / "l.safetensors", rank=4)
-    gate = threading.Event()
-    real = resize_mod.resize
-
-    def held(*args, progress, **kw):
-        def wait(done, total, message):
-            progress(done, total, message)
-            gate.wait(10)
-        return real(*args, progress=wait, **kw)
-
-    monkeypatch.setattr(resize_mod, "resize", held)
+    gate = _hold_resize(monkeypatch)
     w = MainWindow(restore_session=False, detect_family=False, probe_device=False)
     qtbot.addWidget(w)
     w.show()
