@@ -54,3 +54,19 @@ def test_shipped_regularisation_images_are_known_shapes_without_the_trigger(tmp_
         else:
             with Image.open(shipped / name) as a, Image.open(fresh / name) as b:
                 assert a.tobytes() == b.tobytes()
+
+
+def test_regularisation_pictures_share_the_concepts_settings_but_not_the_report_prompts():
+    """The known shapes appear in every concept picture's colour and background (so colour and background do not
+    come to mean the concept), never in a scene the quality report asks for."""
+    from patina.core.demo.dataset import concept_scenes, reg_scenes
+    from patina.core.demo.setup import QUALITY_PROMPTS
+
+    settings = [(s.colour, s.background) for s in concept_scenes()]
+    regs = reg_scenes()
+    assert sorted((s.colour, s.background) for s in regs) == sorted(settings * 2)
+    assert all(s.shape in world.SHAPES for s in regs)
+    for c in set(settings):   # two different shapes per setting
+        assert len({s.shape for s in regs if (s.colour, s.background) == c}) == 2
+    report = {tuple(world.parse_caption(line.split(" --")[0]).values()) for line in QUALITY_PROMPTS.splitlines()}
+    assert not report & {(s.shape, s.colour, s.background) for s in regs}

@@ -4,8 +4,11 @@ and regularisation images of the shapes the model already knows.
 ``write_concept_dataset(root)`` writes ``root/img/20_zorbo shape/zorbo_NN.png`` with a ``.txt`` caption
 beside each image (``a red zorbo shape on a striped blue background``): the concept in several colours
 on several backgrounds, so the LoRA has to learn the shape rather than a colour or a background.
-``write_reg_dataset(root)`` writes ``root/reg/1_shape/shape_NN.png``: renders of the pretraining world with
-their captions, so that training keeps the other shapes as they were (prior preservation).
+``write_reg_dataset(root)`` writes ``root/reg/1_shape/shape_NN.png``: the shapes the model already knows, in
+the colours and on the backgrounds of the concept pictures (two per picture), so that training keeps the other
+shapes as they were (prior preservation) and learns that the trigger word, not a colour or a background, means
+the new shape — the part DreamBooth's class images play. The quality report's own class prompts are never
+among them, so the report still measures scenes the LoRA was not shown.
 The shipped copy lives in ``resources/demo/``; regenerate it with ``python -m patina.core.demo.dataset DIR``.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 from pathlib import Path
 
 from . import world
@@ -58,6 +62,7 @@ def write_concept_dataset(root: str | os.PathLike, n: int = 8, seed: int = SEED)
 
 REG_FOLDER = "1_shape"
 REG_SEED = 555
+REG_PER_PICTURE = 2
 
 
 def _write(stem: Path, image, caption: str) -> None:
@@ -69,12 +74,31 @@ def _write(stem: Path, image, caption: str) -> None:
     os.replace(cap_tmp, stem.with_suffix(".txt"))
 
 
-def write_reg_dataset(root: str | os.PathLike, n: int = 16, seed: int = REG_SEED) -> Path:
-    """Write *n* regularisation renders of pretraining scenes under ``root/reg/1_shape`` and return the folder."""
+def _report_class_scenes() -> set[tuple[str, str, str]]:
+    """(shape, colour, background) of the demo's quality-report prompts: kept out of the training pictures."""
+    from .setup import QUALITY_PROMPTS
+
+    found = (world.parse_caption(line.split(" --")[0]) for line in QUALITY_PROMPTS.splitlines())
+    return {(p["shape"], p["colour"], p["background"]) for p in found if p}
+
+
+def reg_scenes(per_picture: int = REG_PER_PICTURE, seed: int = REG_SEED) -> list[world.Scene]:
+    """For each concept picture, *per_picture* known shapes in its colour on its background (not a report prompt)."""
+    avoid = _report_class_scenes()
+    rng = random.Random(seed)
+    scenes = []
+    for c in concept_scenes():
+        shapes = [s for s in world.SHAPES if (s, c.colour, c.background) not in avoid]
+        for shape in rng.sample(shapes, per_picture):
+            scenes.append(world.make_scene(rng, shape, c.colour, c.background))
+    return scenes
+
+
+def write_reg_dataset(root: str | os.PathLike, per_picture: int = REG_PER_PICTURE, seed: int = REG_SEED) -> Path:
+    """Write the regularisation pictures (:func:`reg_scenes`) under ``root/reg/1_shape`` and return the folder."""
     folder = Path(root) / "reg" / REG_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    for k in range(n):
-        s = world.scene_at(seed, k)
+    for k, s in enumerate(reg_scenes(per_picture, seed)):
         _write(folder / f"shape_{k:02d}", world.render(s), s.caption)
     return folder
 

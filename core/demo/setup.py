@@ -52,7 +52,7 @@ SETTINGS = {
     "conv_dim": 8,
     "conv_alpha": 8,
     "train_batch_size": 4,
-    "epoch": 6,
+    "epoch": 10,
     "learning_rate": 2e-3,
     "unet_lr": 2e-3,
     "text_encoder_lr": 0.0,       # UNet only: the class prompts' words keep their meaning
@@ -71,6 +71,7 @@ SETTINGS = {
     "quality_weights": "0,0.5,0.8,1.0",
     "seed": 42,
     "prior_loss_weight": 1.0,
+    "min_snr_gamma": 5,           # less weight on the easiest noise levels: the shape is learned sooner
     "training_comment": "Patina demo: the zorbo concept on the Patina demo model",
 }
 
