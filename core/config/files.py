@@ -509,6 +509,22 @@ def write_kohya(path: str | Path, cfg: Mapping[str, Any]) -> list[str]:
     return notes
 
 
+def _not_carried(result: LoadResult) -> list[str]:
+    return [f"{k} = {v!r}: {why_not_carried(k, v, result.source)}" for k, v in sorted(result.unsupported_set.items())]
+
+
+def _no_effect(result: LoadResult) -> str:
+    return f"No effect for this LoRA type in kohya_ss either, skipped: {', '.join(sorted(result.no_effect))}"
+
+
+def import_notes(result: LoadResult) -> list[str]:
+    """Everything a kohya_ss import should tell beside errors, one line each: the mapping notes, warnings,
+    each setting not carried over with what it would have changed, and the settings without effect."""
+    lines = list(result.notes) + [f"warning: {p}" for p in result.warnings]
+    lines += [f"not carried over: {line}" for line in _not_carried(result)]
+    return lines + ([_no_effect(result)] if result.no_effect else [])
+
+
 def format_load_report(result: LoadResult, source: str = "") -> str:
     """Readable text listing every problem, unknown key and import note."""
     lines: list[str] = []
@@ -526,10 +542,9 @@ def format_load_report(result: LoadResult, source: str = "") -> str:
     if result.kohya:
         if result.unsupported_set:
             lines.append(f"  Not carried over ({len(result.unsupported_set)} kohya setting(s) Patina does not support):")
-            lines += [f"    {k} = {v!r}: {why_not_carried(k, v, result.source)}"
-                      for k, v in sorted(result.unsupported_set.items())]
+            lines += [f"    {line}" for line in _not_carried(result)]
         if result.no_effect:
-            lines.append(f"  No effect for this LoRA type in kohya_ss either, skipped: {', '.join(sorted(result.no_effect))}")
+            lines.append(f"  {_no_effect(result)}")
         reported = set(result.unsupported_set) | set(result.no_effect)
         rest = len([k for k in result.unknown if k not in reported])
         if rest > 0:

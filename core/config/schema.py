@@ -729,8 +729,7 @@ def coerce(param: Param, value: Any) -> Any:
             value = float(value)
         if (param.min is not None and value < param.min) or (param.max is not None and value > param.max):
             raise ValueProblem(f"is out of range; must be {param.allowed()}")
-        return value
-    if t == "choice":
+    elif t == "choice":
         for c in param.choices:
             if value == c and type(value) is type(c):
                 return c
@@ -741,7 +740,7 @@ def coerce(param: Param, value: Any) -> Any:
             if isinstance(c, str) and isinstance(value, str) and value.strip().lower() == c.lower():
                 return c
         raise ValueProblem(f"must be {param.allowed()}")
-    if t in ("str", "text", "path"):
+    elif t in ("str", "text", "path"):
         if not isinstance(value, str):
             raise ValueProblem("must be text")
         value = value if t == "text" else value.strip()
