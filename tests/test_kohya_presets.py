@@ -182,3 +182,34 @@ def test_cli_import_kohya_folder(tmp_path, capsys):
 def test_folder_without_json_is_a_clear_error(tmp_path):
     with pytest.raises(PatinaError, match="holds no .json preset files"):
         import_kohya_folder(tmp_path)
+
+
+def test_window_imports_a_kohya_presets_folder_and_shows_one_report(qtbot, monkeypatch, tmp_path):
+    from PySide6.QtWidgets import QFileDialog, QMessageBox, QTextBrowser
+
+    from patina.gui.config_document import ReportDialog
+    from patina.gui.main_window import MainWindow
+
+    shown, errors = [], []
+    monkeypatch.setattr(ReportDialog, "exec", lambda self: shown.append(self) or 1)
+    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda *a, **k: errors.append(a[2])))
+    folder = kohya_folder(tmp_path / "lora")
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: str(folder)))
+    w = MainWindow(restore_session=False, detect_family=False)
+    qtbot.addWidget(w)
+    file_menu = w.menuBar().actions()[0].menu()
+    assert w.act_import_kohya_presets in file_menu.actions()
+    w.act_import_kohya_presets.trigger()
+    assert len(shown) == 1 and not errors
+    dlg = shown[0]
+    assert "Refused (4):" in dlg.report_text and "Imported with notes (2):" in dlg.report_text
+    body = dlg.findChild(QTextBrowser).toPlainText()
+    assert "Patina does not train Flux1" in body and "lokr-full.json → lokr-full" in body
+    w._fill_presets_menu()
+    names = [a.text() for a in w.presets_menu.actions()]
+    assert {"lokr-full", "mine", "sd15 - plain", "sd15 - plain (2)"} <= set(names)
+    assert w.act_import_kohya_presets in w.presets_menu.actions()
+
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: str(tmp_path / "none")))
+    w.act_import_kohya_presets.trigger()
+    assert len(shown) == 1 and "is not a folder" in errors[0]
