@@ -34,8 +34,6 @@ ONLY_FOR: dict[str, tuple[str, ...]] = {
     "use_tucker": _LYCORIS_TYPES,
     "train_norm": _LYCORIS_TYPES,
     "LyCORIS_preset": _LYCORIS_TYPES,
-    "rank_dropout_scale": _LYCORIS_TYPES,
-    "decompose_both": ("LyCORIS/LoKr",),
 }
 
 # key -> values that change nothing (kohya_ss's defaults), beside empty/off/0
