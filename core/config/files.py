@@ -359,6 +359,8 @@ def import_kohya(data: Mapping[str, Any]) -> LoadResult:
         raw["model_family"] = "sdxl"
     elif _truthy(src.get("v2")):
         raw["model_family"] = "sd2"
+    src_type = str(src.get("LoRA_type") or "Standard").strip()
+    src_type = "LyCORIS/LoCon" if src_type.lower() == "locon" else src_type  # kohya_ss's older name
     if "LoRA_type" in src:
         lt = str(src["LoRA_type"]).strip()
         if lt.lower() == "standard":
@@ -382,8 +384,6 @@ def import_kohya(data: Mapping[str, Any]) -> LoadResult:
             if _number(src.get(key)) >= LOKR_FULL_DIM:
                 notes.append(f"{key} {src[key]}: LyCORIS's full-matrix LoKr (Kronecker factors not decomposed), "
                              "trained and saved the same way")
-    src_type = str(src.get("LoRA_type") or "Standard").strip()
-    src_type = "LyCORIS/LoCon" if src_type.lower() == "locon" else src_type  # kohya_ss's older name
     notes += lycoris_notes(src, src_type)
     if "xformers" in src:
         xf = src["xformers"]
