@@ -6,13 +6,14 @@ kept apart because it is one job; it uses the window's form, state, menus and st
 from __future__ import annotations
 
 import os
+from html import escape
 from pathlib import Path
 from typing import Any, Mapping
 
 from PySide6.QtCore import QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QFont
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QInputDialog, QLabel, QMenu, QMessageBox,
-                               QPlainTextEdit, QVBoxLayout)
+                               QPlainTextEdit, QTextBrowser, QVBoxLayout)
 
 from patina.core.config.files import (LoadResult, apply_preset, format_load_report, list_presets, read_config,
                                       save_config, save_user_preset, write_kohya)
@@ -26,7 +27,7 @@ CONFIG_FILTER = "Patina or kohya_ss config (*.json);;All files (*)"
 class ReportDialog(QDialog):
     """A readable, copyable report (what a loaded file contained, what was not carried over)."""
 
-    def __init__(self, title: str, heading: str, text: str, parent=None):
+    def __init__(self, title: str, heading: str, text: str, parent=None, html: str = ""):
         super().__init__(parent)
         self.setWindowTitle(title)
         self.report_text = text
@@ -34,16 +35,42 @@ class ReportDialog(QDialog):
         head = QLabel(heading, self)
         head.setWordWrap(True)
         layout.addWidget(head)
-        body = QPlainTextEdit(self)
-        body.setReadOnly(True)
-        body.setPlainText(text)
-        body.setFont(QFont("monospace"))
-        body.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        if html:  # the same report laid out (lists keep wrapped lines indented)
+            body = QTextBrowser(self)
+            body.setHtml(html)
+        else:
+            body = QPlainTextEdit(self)
+            body.setReadOnly(True)
+            body.setPlainText(text)
+            body.setFont(QFont("monospace"))
+            body.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
         layout.addWidget(body, 1)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok, self)
         buttons.accepted.connect(self.accept)
         layout.addWidget(buttons)
         self.resize(720, 460)
+
+
+_GROUP_MARKS = {"clean": ("✓", "#2e7d32"), "notes": ("●", "#b26a00"), "refused": ("✗", "#c62828")}
+
+
+def folder_report_html(report) -> str:
+    """A kohya_ss folder import (:class:`patina.core.config.kohya_folder.FolderImport`) as HTML: one list per
+    group, each file with the preset it became and its notes or the reason it was refused."""
+    from patina.core.config.kohya_folder import GROUP_TITLES
+
+    parts = []
+    for status, (mark, color) in _GROUP_MARKS.items():
+        items = report.group(status)
+        if not items:
+            continue
+        parts.append(f'<h3 style="color:{color}">{mark} {GROUP_TITLES[status]} ({len(items)})</h3><ul>')
+        for o in items:
+            name = f" → <b>{escape(o.name)}</b>" if o.name else ""
+            notes = "".join(f"<li>{escape(line)}</li>" for line in o.lines)
+            parts.append(f"<li>{escape(o.source)}{name}" + (f"<ul>{notes}</ul>" if notes else "") + "</li>")
+        parts.append("</ul>")
+    return "".join(parts)
 
 
 class ConfigDocument:
@@ -171,8 +198,8 @@ class ConfigDocument:
         self.sync_dataset_tab()
         return True
 
-    def _show_report(self, title: str, heading: str, text: str) -> None:
-        ReportDialog(title, heading, text, self).exec()
+    def _show_report(self, title: str, heading: str, text: str, html: str = "") -> None:
+        ReportDialog(title, heading, text, self, html).exec()
 
     def save(self) -> bool:
         if self.path is None:
@@ -270,6 +297,7 @@ class ConfigDocument:
             a.setEnabled(False)
         m.addSeparator()
         m.addAction(self.act_save_preset)
+        m.addAction(self.act_import_kohya_presets)
         m.addAction(self.act_open_presets)
 
     def _preset_action(self, menu: QMenu, preset) -> QAction:
@@ -318,6 +346,29 @@ class ConfigDocument:
             QMessageBox.critical(self, "Cannot save the preset", str(exc))
             return
         self.statusBar().showMessage(f"Saved preset “{name}” to {path}", 6000)
+
+    def import_kohya_presets(self, folder: str | os.PathLike | None = None) -> None:
+        """File ▸ Import kohya_ss presets…: every JSON of a kohya_ss presets folder into My presets, then one
+        report (imported cleanly, with notes, refused and why)."""
+        from patina.core.config.kohya_folder import import_kohya_folder
+
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Import kohya_ss presets (choose kohya_ss/presets/lora)",
+                                                      self._dialog_dir())
+            if not folder:
+                return
+        try:
+            report = import_kohya_folder(folder)
+        except (OSError, PatinaError) as exc:
+            QMessageBox.critical(self, "Cannot import the kohya_ss presets", str(exc))
+            return
+        self._fill_presets_menu()
+        refused = len(report.outcomes) - report.imported
+        heading = (f"<b>{report.imported} kohya_ss preset(s) are now in My presets</b> (Presets menu)"
+                   + (f"; {refused} file(s) were refused." if refused else ".")
+                   + f"<br><small>From {escape(str(report.folder))}</small>")
+        self.statusBar().showMessage(f"Imported {report.imported} kohya_ss preset(s) into My presets", 6000)
+        self._show_report("kohya_ss presets imported", heading, report.text(), folder_report_html(report))
 
     def _open_presets_folder(self) -> None:
         d = user_presets_dir()

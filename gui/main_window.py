@@ -186,6 +186,9 @@ class MainWindow(ConfigDocument, QMainWindow):
                                "Save the settings to a new file")
         self.act_export = act("Export for kohya_ss…", self.export_kohya, None, None,
                               "Write a JSON that kohya_ss's LoRA tab can load")
+        self.act_import_kohya_presets = act("Import kohya_ss presets…", lambda: self.import_kohya_presets(), None, None,
+                                            "Bring every preset of a kohya_ss presets folder (and its "
+                                            "user_presets) into My presets, with a report")
         self.act_save_preset = act("Save as preset…", self.save_as_preset, None, None,
                                    "Keep the current training settings (no paths) as a preset of your own")
         self.act_open_presets = act("Open presets folder", self._open_presets_folder)
@@ -231,6 +234,8 @@ class MainWindow(ConfigDocument, QMainWindow):
         file_menu.addSeparator()
         for a in (self.act_save, self.act_save_as, self.act_export):
             file_menu.addAction(a)
+        file_menu.addSeparator()
+        file_menu.addAction(self.act_import_kohya_presets)
         file_menu.addSeparator()
         file_menu.addAction(self.act_quit)
         mb.addMenu(self.presets_menu)

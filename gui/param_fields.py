@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtGui import QFont
-from PySide6.QtWidgets import (QCheckBox, QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+from PySide6.QtWidgets import (QCheckBox, QCompleter, QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QPlainTextEdit, QScrollArea, QVBoxLayout, QWidget)
 
 from patina.core.config.schema import (BY_KEY, PAGES, PARAMS, Param, Problem, ValueProblem, coerce, mirrored_on,
@@ -163,6 +163,8 @@ def _make_editor_inner(param: Param, parent: QWidget):
     # str, resolution
     w = QLineEdit(parent)
     w.setPlaceholderText(param.placeholder)
+    if param.choices:  # free text with the usual values offered (caption_extension)
+        w.setCompleter(QCompleter([str(c) for c in param.choices], w))
     if t == "resolution":
 
         def tidy(w=w, param=param):  # "768x512" → "768,512" once the user is done typing

@@ -111,6 +111,45 @@ def _small_png(src: Path, dest: Path) -> None:
             dest, optimize=True)
 
 
+# a kohya_ss presets folder of the kinds kohya_ss ships (written here; its own presets are not needed)
+_KOHYA_PRESETS = {
+    "SDXL - LoRA standard.json": {"LoRA_type": "Standard", "sdxl": True, "network_dim": 32, "network_alpha": 32,
+                                  "optimizer": "Prodigy", "learning_rate": 1.0, "mixed_precision": "bf16",
+                                  "save_model_as": "safetensors"},
+    "SDXL - LoRA by-folder.json": {"LoRA_type": "Standard", "sdxl": True, "caption_extension": ".txt-no",
+                                   "log_with": "wandb", "optimizer": "AdamW", "sdxl_no_half_vae": True},
+    "lokr-sd15.json": {"LoRA_type": "LyCORIS/LoKr", "network_dim": 100000, "conv_dim": 100000, "factor": 6,
+                       "use_cp": True, "train_norm": True, "bucket_reso_steps": 1,
+                       "caption_extension": ".none-use-foldername", "LyCORIS_preset": "full"},
+    "loha-sd15.json": {"LoRA_type": "LyCORIS/LoHa", "network_dim": 32, "conv_dim": 8, "rank_dropout": 0.1,
+                       "LyCORIS_preset": "full"},
+    "flux1D - adamw8bit fp8.json": {"LoRA_type": "Flux1", "flux1_checkbox": True},
+    "ia3-sd15.json": {"LoRA_type": "LyCORIS/iA3", "train_on_input": True},
+    "sd15 - GLoRA.json": {"LoRA_type": "LyCORIS/GLoRA"},
+    "user_presets/my style.json": {"LoRA_type": "Kohya LoCon", "network_dim": 16, "conv_dim": 8},
+    "user_presets/half saved.json": '{"LoRA_type": "Standard", ',
+}
+
+
+def _kohya_import_report(win, folder: Path):
+    """File ▸ Import kohya_ss presets… on a sample folder: the report dialog it shows."""
+    import json
+
+    from patina.gui.config_document import ReportDialog
+
+    for name, data in _KOHYA_PRESETS.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
+    shown = []
+    win._show_report = lambda *a: shown.append(a)
+    win.import_kohya_presets(folder)
+    del win._show_report
+    title, heading, text, html = shown[0]
+    dlg = ReportDialog(title, heading, text, win, html)
+    dlg.resize(900, 700)
+    return dlg
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "screenshots"), help="output folder (default: screenshots/)")
@@ -205,6 +244,10 @@ def main(argv=None) -> int:
     if args.docs:
         for name in ("monitor-idle", "monitor-run", "monitor-stopped"):
             _small_png(out / f"{name}.png", ROOT / "docs" / "screenshots" / f"{name}.png")
+
+    dialog_shot("kohya-import", _kohya_import_report(win, tmp / "kohya_ss" / "presets" / "lora"))
+    if args.docs:
+        _small_png(out / "kohya-import.png", ROOT / "docs" / "screenshots" / "kohya-import.png")
 
     from patina.gui.wizard_dialog import FolderWizardDialog
 

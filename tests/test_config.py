@@ -50,8 +50,8 @@ def test_relevance_rules():
 
 
 def test_coerce_is_strict_and_messages_say_what_is_allowed():
-    with pytest.raises(params.ValueProblem, match="whole number from 1 to 512"):
-        params.coerce(BY_KEY["network_dim"], 0)
+    with pytest.raises(params.ValueProblem, match="whole number from 1 to 64"):
+        params.coerce(BY_KEY["train_batch_size"], 0)
     with pytest.raises(params.ValueProblem, match="whole number"):
         params.coerce(BY_KEY["network_dim"], "16")
     with pytest.raises(params.ValueProblem, match="true or false"):
@@ -108,7 +108,7 @@ def test_preset_with_invalid_value_and_unknown_key_reports_all(tmp_path):
     res = cfgmod.read_config(path)
     bad = {p.key: p for p in res.errors}
     assert set(bad) == {"network_dim", "optimizer", "learning_rate"}
-    assert "1 to 512" in bad["network_dim"].message and bad["network_dim"].value == 9999
+    assert "use 1–512" in bad["network_dim"].message and bad["network_dim"].value == 9999
     assert "one of" in bad["optimizer"].message
     assert res.unknown == ["my_custom_thing"]
     assert res.values["epoch"] == 4  # the valid keys are still applied
@@ -221,7 +221,7 @@ KOHYA_LEGACY = {
     "learning_rate": "0.0001", "unet_lr": "0.0002", "text_encoder_lr": "5e-5", "clip_skip": "2",
     "max_token_length": "150", "max_resolution": "768,768", "conv_dim": "8", "conv_alpha": "4",
     "lr_scheduler": "constant", "lr_warmup": "0", "seed": "", "cache_latents": True, "v2": False, "sdxl": True,
-    "save_model_as": "ckpt", "stop_text_encoder_training": 0, "LyCORIS_preset": "full", "rank_dropout": 0.1,
+    "save_model_as": "ckpt", "stop_text_encoder_training": 0, "LyCORIS_preset": "attn-only", "rank_dropout": 0.1,
     "save_as_bool": False, "model_list": "custom", "use_wandb": "", "caption_extension": ".txt",
     "mixed_precision": "bf16", "shuffle_caption": "True",
 }

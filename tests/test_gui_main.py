@@ -119,7 +119,7 @@ def test_preset_then_fields_on_every_page_save_and_reload(win, tmp_path, monkeyp
 
 def test_kohya_import_lists_unsupported_keys(win, tmp_path, reports):
     kohya = {"LoRA_type": "Standard", "network_dim": "16", "learning_rate": 0.0005, "optimizer": "AdamW",
-             "save_model_as": "safetensors", "output_name": "from-kohya", "LyCORIS_preset": "full",
+             "save_model_as": "safetensors", "output_name": "from-kohya", "LyCORIS_preset": "attn-only",
              "use_wandb": True, "wandb_api_key": "", "huber_c": 0.1, "dataset_config": "/x/dataset.toml"}
     path = tmp_path / "kohya config.json"
     path.write_text(json.dumps(kohya), encoding="utf-8")

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patina.core.config.files import import_kohya
+from patina.core.config.files import format_load_report, import_kohya
 from patina.core.config.schema import BY_KEY, check_values, defaults
 from patina.core.errors import PatinaError
 from patina.core.lora.kohya_format import build_metadata, read_lora, save_lora
@@ -318,9 +318,10 @@ def test_kohya_config_import():
     assert not res.errors, res.errors
     v = res.values
     assert v["LoRA_type"] == "LyCORIS/LoKr" and v["factor"] == 8 and v["model_family"] == "sdxl"
-    assert v["network_dim"] == 512 and v["conv_dim"] == 512 and any("100000 → 512" in n for n in res.notes)
+    assert v["network_dim"] == 100000 and v["conv_dim"] == 100000  # LyCORIS's full-matrix request, kept
+    assert any("network_dim 100000: LyCORIS's full-matrix LoKr" in n for n in res.notes)
     spec = NetworkSpec.from_values(v)
-    assert (spec.algo, spec.factor, spec.conv_dim, spec.use_tucker) == ("lokr", 8, 512, False)
+    assert (spec.algo, spec.factor, spec.conv_dim, spec.use_tucker) == ("lokr", 8, 100000, False)
     unet, tes = fresh("sd1")  # kohya's "full matrix" LoKr: every module full, trained at scale 1 like LyCORIS
     spec.factor, spec.network_alpha = -1, 1.0
     net = build_network(unet, tes, "sd1", spec)
@@ -328,16 +329,17 @@ def test_kohya_config_import():
 
     res = import_kohya({"LoRA_type": "LyCORIS/LoHa", "network_dim": 8, "conv_dim": 4, "use_tucker": True,
                         "train_norm": True})
-    assert res.values["LoRA_type"] == "LyCORIS/LoHa"
-    assert any(p.key == "use_tucker" and p.severity == "error" for p in res.errors)
-    assert "train_norm" in res.unsupported_set  # not trained by Patina: reported, not silently dropped
-    spec = NetworkSpec.from_values(dict(res.values, use_tucker=False))
+    assert res.values["LoRA_type"] == "LyCORIS/LoHa" and res.ok  # reported as not carried over, not an error
+    assert res.values["use_tucker"] is False
+    assert {"train_norm", "use_tucker"} <= set(res.unsupported_set)  # not trained by Patina: reported
+    spec = NetworkSpec.from_values(res.values)
     assert (spec.algo, spec.conv_dim) == ("loha", 4)
 
     res = import_kohya({"LoRA_type": "Kohya LoHa"})
     assert res.values["LoRA_type"] == "LyCORIS/LoHa" and any("LyCORIS/LoHa" in n for n in res.notes)
-    res = import_kohya({"LoRA_type": "LyCORIS/LoKr", "use_cp": True})
-    assert res.values["use_tucker"] is True and any(p.key == "use_tucker" for p in res.errors)
+    res = import_kohya({"LoRA_type": "LyCORIS/LoKr", "use_cp": True, "conv_dim": 8})
+    assert res.ok and res.values["use_tucker"] is False and res.unsupported_set == {"use_cp": True}
+    assert "Tucker core" in format_load_report(res)
 
 
 # ------------------------------------------------------------------------------------------------ engine + verify
@@ -407,3 +409,62 @@ def test_verify_checks_lycoris_shapes(tmp_path):
     fresh_net = make("sd1", "loha")  # untrained: hada_w2_b is all zero, the module does nothing
     save_lora(path, fresh_net.kohya_state_dict(), build_metadata(values={"LoRA_type": "LyCORIS/LoHa"}, family="sd1"))
     assert len(verify_lora(path).untrained) == len(fresh_net)
+
+
+# the LyCORIS values of kohya_ss's LoKr presets: full-matrix ranks, factor, decompose_both, dropouts, flags
+KOHYA_FULL_LOKR = {
+    "LoRA_type": "LyCORIS/LoKr", "LyCORIS_preset": "full", "network_dim": 100000, "network_alpha": 1,
+    "conv_dim": 100000, "conv_alpha": 1, "factor": 6, "use_cp": True, "use_tucker": False, "decompose_both": True,
+    "rank_dropout": 0.1, "module_dropout": 0.1, "rank_dropout_scale": True, "train_norm": True, "use_scalar": False,
+    "constrain": 0.0, "rescaled": False, "bypass_mode": False, "dora_wd": False, "network_dropout": 0,
+    "bucket_reso_steps": 1, "caption_extension": ".none-use-foldername", "sdxl": False,
+}
+_NETWORK_KEYS = ("LoRA_type", "network_dim", "network_alpha", "conv_dim", "conv_alpha", "factor", "decompose_both",
+                 "rank_dropout", "module_dropout", "rank_dropout_scale", "use_tucker", "bucket_reso_steps",
+                 "caption_extension")
+
+
+def test_lokr_full_matrix_100000_trains_saves_and_loads(tiny_models, tmp_path):
+    from patina.core.train.engine import Trainer
+    from trainkit import Collector, make_dataset, tiny_cfg
+
+    res = import_kohya(KOHYA_FULL_LOKR)
+    assert res.ok, res.errors
+    v = res.values
+    assert (v["network_dim"], v["conv_dim"], v["factor"], v["decompose_both"]) == (100000, 100000, 6, True)
+    assert (v["rank_dropout"], v["module_dropout"], v["rank_dropout_scale"]) == (0.1, 0.1, True)
+    assert set(res.unsupported_set) == {"use_cp", "train_norm"}
+    report = format_load_report(res)
+    assert "use_cp = True: no effect here" in report and "w_norm/b_norm" in report
+
+    data = make_dataset(tmp_path, n=2, repeats=1)
+    cfg = tiny_cfg(tiny_models["sd1"], data, tmp_path / "out", epoch=1, max_train_steps=2, train_batch_size=1,
+                   **{k: v[k] for k in _NETWORK_KEYS})
+    fin = Trainer(cfg, Collector(), None, None).run()
+    assert fin.status == "finished", fin.message
+    path = tmp_path / "out" / "tiny.safetensors"
+    sd, md = read_lora(path)
+    # the metadata LyCORIS writes through kohya_ss: the requested rank, its network_args as strings
+    assert md["ss_network_dim"] == "100000" and md["ss_network_module"] == "lycoris.kohya"
+    args = json.loads(md["ss_network_args"])
+    assert args == {"conv_dim": "100000", "conv_alpha": "1.0", "algo": "lokr", "factor": "6",
+                    "decompose_both": "True", "rank_dropout_scale": "True", "rank_dropout": "0.1",
+                    "module_dropout": "0.1", "use_tucker": "False", "use_scalar": "False", "train_norm": "False",
+                    "dora_wd": "False", "bypass_mode": "False"}
+    files = grouped(sd)
+    assert files and all({"lokr_w1", "lokr_w2", "alpha"} == set(t) for t in files.values())  # full factors only
+
+    report = verify_lora(path, model=tiny_models["sd1"])
+    assert report.network_type == "LyCORIS LoKr" and not report.broken and not report.mismatched
+    assert all(report.compat[c][0] for c in ("A1111", "Forge", "ComfyUI"))
+    # the loaders' formula (scale 1 for full factors) gives the output of the network rebuilt from the file
+    unet, tes = fresh("sd1")
+    net = build_network_from_weights(unet, tes, "sd1", sd)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in net.modules:
+            assert m.lokr_full and m.scale == 1
+            base = m.layer.get_base_layer()
+            x = layer_input(base, g)
+            assert close(m.layer(x), apply_delta(base, x, loader_delta(files[m.name], base.weight.shape))), m.name
+    assert any(float(files[m.name]["lokr_w2"].abs().sum()) > 0 for m in net.modules)  # it did train

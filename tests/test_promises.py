@@ -418,7 +418,7 @@ def test_verify_against_the_base_model(sd1_dir, tmp_path, tmp_path_factory, caps
 
 def test_captions_under_another_extension_are_reported(sd1_dir, data, tmp_path):
     p = plan(tiny_cfg(sd1_dir, data, tmp_path / "out", caption_extension=".caption"))
-    assert "Captions: 0 of 4 training image(s) have a .caption caption file" in p.text
+    assert "Captions: no training image has a .caption caption file, so folder names are used as captions" in p.text
     assert "4 have a `.txt` file: set the caption extension (caption_extension) to .txt" in p.text
     p = plan(tiny_cfg(sd1_dir, data, tmp_path / "out"))
     assert "Captions: 4 of 4 training image(s) have a .txt caption file" in p.text and ".caption" not in p.text

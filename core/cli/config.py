@@ -23,6 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("out_json")
     i.set_defaults(handler=_import_kohya)
 
+    f = csub.add_parser("import-kohya-folder",
+                        help="import every kohya_ss preset JSON of a folder (and its user_presets/) into My presets")
+    f.add_argument("folder", help="kohya_ss's presets folder, e.g. kohya_ss/presets/lora")
+    f.set_defaults(handler=_import_kohya_folder)
+
     e = csub.add_parser("export-kohya", help="write a kohya_ss-loadable JSON from a Patina config")
     e.add_argument("patina_json")
     e.add_argument("out_json")
@@ -70,6 +75,14 @@ def _import_kohya(args) -> int:
         return 1
     print(f"Wrote {args.out_json}.")
     return 0
+
+
+def _import_kohya_folder(args) -> int:
+    from patina.core.config.kohya_folder import import_kohya_folder
+
+    report = import_kohya_folder(args.folder)
+    print(report.text())
+    return 0 if report.imported else 1
 
 
 def _export_kohya(args) -> int:

@@ -19,8 +19,10 @@ from typing import Any, Callable, Mapping
 from patina.core import __version__
 from patina.core.atomic import atomic_write_text
 from patina.core.errors import PatinaError
-from patina.core.config.schema import (BY_KEY, PARAMS, SCHEMA_VERSION, Problem, ValueProblem, check_values, coerce, defaults,
-                         errors, non_default, parse_text)
+from patina.core.config.schema import (BUCKET_STEP_MIN, BY_KEY, CAPTION_EXTENSION_SUGGESTIONS, LOKR_FULL_DIM, PARAMS,
+                                      SCHEMA_VERSION, Problem, ValueProblem, check_values, coerce, defaults, errors,
+                                      non_default, parse_text)
+from patina.core.config.kohya_keys import changes_nothing, ignored_by_type, lycoris_notes, why_not_carried
 from patina.core.paths import resources_dir, user_presets_dir
 
 # Keys in a Patina file that are not parameters.
@@ -48,6 +50,8 @@ class LoadResult:
     kohya: bool = False                                    # the file was a kohya_ss config, imported
     notes: list[str] = field(default_factory=list)         # import notes (what was mapped and how)
     unsupported_set: dict[str, Any] = field(default_factory=dict)  # kohya keys with a value Patina ignores
+    no_effect: list[str] = field(default_factory=list)     # kohya keys kohya_ss ignores for this LoRA type too
+    source: dict[str, Any] = field(default_factory=dict)   # the kohya_ss file's values (for the report)
 
     @property
     def errors(self) -> list[Problem]:
@@ -294,12 +298,21 @@ def save_user_preset(name: str, cfg: Mapping[str, Any], description: str = "") -
 
 # kohya keys Patina reads under another name or meaning, handled in import_kohya.
 _KOHYA_HANDLED = {"v2", "sdxl", "use_8bit_adam", "lora_network_weights", "save_model_as", "mem_eff_attn",
-                  "sdxl_cache_text_encoder_outputs", "model_list", "save_as_bool", "additional_parameters", "use_cp"}
+                  "sdxl_cache_text_encoder_outputs", "model_list", "save_as_bool", "additional_parameters"}
 
 _KOHYA_LOCON = {"kohya locon", "locon", "lycoris/locon"}
 # kohya_ss's LyCORIS types Patina trains (sd-scripts' own networks.loha/lokr write the same tensor names)
 _KOHYA_LYCORIS = {"lycoris/loha": "LyCORIS/LoHa", "lycoris/lokr": "LyCORIS/LoKr", "kohya loha": "LyCORIS/LoHa",
                   "kohya lokr": "LyCORIS/LoKr"}
+
+
+# kohya_ss's switches for model families Patina does not train
+_OTHER_FAMILIES = {"flux1_checkbox": "Flux.1", "sd3_checkbox": "SD3"}
+REFUSED_TYPE_PREFIX = "Patina does not train "
+
+
+def refused_type_message(what: str) -> str:
+    return f"{REFUSED_TYPE_PREFIX}{what} networks; it trains Standard LoRA, LoCon, LyCORIS LoHa and LyCORIS LoKr"
 
 
 def _truthy(v: Any) -> bool:
@@ -308,8 +321,20 @@ def _truthy(v: Any) -> bool:
     return bool(v)
 
 
-def _is_unset(v: Any) -> bool:
-    return v is None or v == "" or v is False or (isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0)
+def _number(v: Any) -> float:
+    """A kohya number (a JSON number or numeric text), or 0 when it is not one."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _not_for_patina_type(key: str, src_type: str, patina_type: str | None) -> bool:
+    """A Patina setting that the imported type cannot carry: LyCORIS's Tucker decomposition (Patina trains none)
+    and rank/module dropout outside LoHa/LoKr (kohya's own LoRA has them; Patina's has network_dropout)."""
+    if key == "use_tucker":
+        return src_type.startswith("LyCORIS/")
+    return key in ("rank_dropout", "module_dropout") and patina_type not in ("LyCORIS/LoHa", "LyCORIS/LoKr")
 
 
 def import_kohya(data: Mapping[str, Any]) -> LoadResult:
@@ -334,6 +359,8 @@ def import_kohya(data: Mapping[str, Any]) -> LoadResult:
         raw["model_family"] = "sdxl"
     elif _truthy(src.get("v2")):
         raw["model_family"] = "sd2"
+    src_type = str(src.get("LoRA_type") or "Standard").strip()
+    src_type = "LyCORIS/LoCon" if src_type.lower() == "locon" else src_type  # kohya_ss's older name
     if "LoRA_type" in src:
         lt = str(src["LoRA_type"]).strip()
         if lt.lower() == "standard":
@@ -347,21 +374,17 @@ def import_kohya(data: Mapping[str, Any]) -> LoadResult:
             if lt != raw["LoRA_type"]:
                 notes.append(f'LoRA_type "{lt}" → "{raw["LoRA_type"]}" (the same LyCORIS tensor layout)')
         else:
-            problems.append(Problem("LoRA_type", "is not supported; Patina trains Standard LoRA, Kohya LoCon, "
-                                    "LyCORIS/LoHa and LyCORIS/LoKr", lt))
+            problems.append(Problem("LoRA_type", refused_type_message(lt), lt))
+            src.pop("LoRA_type")
+    for flag, family in _OTHER_FAMILIES.items():
+        if _truthy(src.get(flag)):
+            problems.append(Problem(flag, refused_type_message(family), True))
     if raw.get("LoRA_type") == "LyCORIS/LoKr":
         for key in ("network_dim", "conv_dim"):
-            try:
-                big = float(src.get(key)) > 512
-            except (TypeError, ValueError):
-                big = False
-            if big:  # kohya_ss's "full matrix" LoKr rank; 512 already gives full factors on every SD layer
-                raw[key] = 512
-                notes.append(f"{key} {src[key]} → 512 (LoKr: every rank from half the larger Kronecker factor on "
-                             "gives full factors; 512 covers every SD1/SD2/SDXL layer)")
-    if "use_tucker" not in src and _truthy(src.get("use_cp")):
-        raw["use_tucker"] = True  # kohya_ss's LoKr name for the same decomposition
-        notes.append("use_cp → use_tucker")
+            if _number(src.get(key)) >= LOKR_FULL_DIM:
+                notes.append(f"{key} {src[key]}: LyCORIS's full-matrix LoKr (Kronecker factors not decomposed), "
+                             "trained and saved the same way")
+    notes += lycoris_notes(src, src_type)
     if "xformers" in src:
         xf = src["xformers"]
         if isinstance(xf, bool) or (isinstance(xf, str) and xf.strip().lower() in ("true", "false")):
@@ -386,6 +409,15 @@ def import_kohya(data: Mapping[str, Any]) -> LoadResult:
     if src.get("caption_extension") == "":
         raw["caption_extension"] = ".caption"
         notes.append('caption_extension "" → ".caption" (sd-scripts\' default)')
+    elif str(src.get("caption_extension") or ".txt") not in CAPTION_EXTENSION_SUGGESTIONS:
+        notes.append(f"caption_extension {src['caption_extension']!r}: images without such a caption file are "
+                     "captioned with their folder name, as in kohya_ss")
+    step = _number(src.get("bucket_reso_steps"))
+    if 0 < step and step % BUCKET_STEP_MIN:
+        raw["bucket_reso_steps"] = max(BUCKET_STEP_MIN, int(step) // BUCKET_STEP_MIN * BUCKET_STEP_MIN)
+        notes.append(f"bucket_reso_steps {src['bucket_reso_steps']} → {raw['bucket_reso_steps']}: bucket sides "
+                     f"are multiples of {BUCKET_STEP_MIN} in Patina: the VAE encodes 8×8 pixel blocks, so kohya_ss's "
+                     "latents are those of the next multiple of 8 below anyway")
     if "clip_skip" in src and str(src["clip_skip"]).strip() in ("0", "0.0"):
         raw["clip_skip"] = 1
     if src.get("mixed_precision") == "fp8":
@@ -399,12 +431,17 @@ def import_kohya(data: Mapping[str, Any]) -> LoadResult:
 
     # Every other key by its own name.
     unsupported: dict[str, Any] = {}
+    no_effect: list[str] = []
     for key, value in src.items():
         if key in raw or key in _KOHYA_HANDLED:
             continue
         param = BY_KEY.get(key)
-        if param is None or not param.kohya:
-            if not _is_unset(value):
+        if param is None or not param.kohya or _not_for_patina_type(key, src_type, raw.get("LoRA_type")):
+            if changes_nothing(key, value):
+                continue
+            if ignored_by_type(key, src_type):
+                no_effect.append(key)
+            else:
                 unsupported[key] = value
             continue
         if isinstance(value, str) and param.type in ("int", "float", "bool") or (
@@ -431,7 +468,8 @@ def import_kohya(data: Mapping[str, Any]) -> LoadResult:
     all_unknown = [k for k in src if k not in BY_KEY and k not in _KOHYA_HANDLED]
     return LoadResult(values=values, problems=problems, unknown=sorted(all_unknown),
                       missing=[p.key for p in PARAMS if p.key not in raw and p.key not in src],
-                      source_version=None, kohya=True, notes=notes, unsupported_set=unsupported)
+                      source_version=None, kohya=True, notes=notes, unsupported_set=unsupported,
+                      no_effect=no_effect, source=dict(src))
 
 
 _SAMPLER_TO_KOHYA = {"k_dpmsolver++": "dpmsolver++"}
@@ -471,6 +509,22 @@ def write_kohya(path: str | Path, cfg: Mapping[str, Any]) -> list[str]:
     return notes
 
 
+def _not_carried(result: LoadResult) -> list[str]:
+    return [f"{k} = {v!r}: {why_not_carried(k, v, result.source)}" for k, v in sorted(result.unsupported_set.items())]
+
+
+def _no_effect(result: LoadResult) -> str:
+    return f"No effect for this LoRA type in kohya_ss either, skipped: {', '.join(sorted(result.no_effect))}"
+
+
+def import_notes(result: LoadResult) -> list[str]:
+    """Everything a kohya_ss import should tell beside errors, one line each: the mapping notes, warnings,
+    each setting not carried over with what it would have changed, and the settings without effect."""
+    lines = list(result.notes) + [f"warning: {p}" for p in result.warnings]
+    lines += [f"not carried over: {line}" for line in _not_carried(result)]
+    return lines + ([_no_effect(result)] if result.no_effect else [])
+
+
 def format_load_report(result: LoadResult, source: str = "") -> str:
     """Readable text listing every problem, unknown key and import note."""
     lines: list[str] = []
@@ -488,8 +542,11 @@ def format_load_report(result: LoadResult, source: str = "") -> str:
     if result.kohya:
         if result.unsupported_set:
             lines.append(f"  Not carried over ({len(result.unsupported_set)} kohya setting(s) Patina does not support):")
-            lines += [f"    {k} = {v!r}" for k, v in sorted(result.unsupported_set.items())]
-        rest = len(result.unknown) - len(result.unsupported_set)
+            lines += [f"    {line}" for line in _not_carried(result)]
+        if result.no_effect:
+            lines.append(f"  {_no_effect(result)}")
+        reported = set(result.unsupported_set) | set(result.no_effect)
+        rest = len([k for k in result.unknown if k not in reported])
         if rest > 0:
             lines.append(f"  {rest} other kohya key(s) Patina does not use were empty or off and were skipped.")
     elif result.unknown:

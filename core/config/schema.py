@@ -186,6 +186,25 @@ def _huber(cfg):
 
 # --- per-value checks --------------------------------------------------------------------------
 
+MAX_RANK = 512  # the largest low-rank dimension; LoKr alone goes up to LOKR_FULL_DIM
+LOKR_FULL_DIM = 100_000  # LyCORIS's way of asking LoKr for full Kronecker factors (kohya_ss's LoKr presets use it)
+BUCKET_STEP_MIN = 8  # see bucket_reso_steps
+CAPTION_EXTENSION_SUGGESTIONS = (".txt", ".caption", ".cap")
+_CAPTION_EXT_RE = re.compile(r"^\.[A-Za-z0-9_+~-][A-Za-z0-9._+~-]{0,31}$")
+
+
+def check_caption_extension(value: str) -> str | None:
+    """Any file suffix names caption files: a dot, then up to 32 letters, digits or ``. _ - + ~``."""
+    if not _CAPTION_EXT_RE.match(value):
+        return ('must be a file extension: a dot followed by letters, digits, "-" or "_" (e.g. ".txt"), '
+                "with no spaces or path separators")
+    from patina.core.dataset.images import IMAGE_EXTENSIONS  # here: beside the PIL code, needed only now
+
+    if value.lower() in IMAGE_EXTENSIONS:
+        return "is an image extension; captions need their own extension such as .txt"
+    return None
+
+
 _KV_RE = re.compile(r"^(\S+=\S+)( +\S+=\S+)*$")
 
 
@@ -310,13 +329,14 @@ PARAMS: tuple[Param, ...] = (
       "factorisations (LoKr files are small).",
       "basic", "Network", choices=LORA_TYPES),
     P("network_dim", "int", 8, "Network rank (dimension)",
-      "Size of the LoRA. 8–32 suits most characters and styles; rank 16 ≈ 18 MB for SD 1.5.",
-      "basic", "Network", min=1, max=512, step=1),
+      "Size of the LoRA. 8–32 suits most characters and styles; rank 16 ≈ 18 MB for SD 1.5. Up to 512; LoKr "
+      "also takes 100000, LyCORIS's request for full (not low-rank) Kronecker factors.",
+      "basic", "Network", min=1, max=LOKR_FULL_DIM, step=1),
     P("network_alpha", "float", 1.0, "Network alpha",
       "Scales the LoRA by alpha/rank. Lower alpha needs a higher learning rate. Common: 1, or half the rank.",
       "basic", "Network", min=0.00001, max=1024, step=1),
     P("conv_dim", "int", 1, "Convolution rank (dimension)", "Rank of the 3×3 convolution layers (LoCon, LoHa, LoKr).",
-      "basic", "Network", min=1, max=512, step=1, visible_if=_is_locon),
+      "basic", "Network", min=1, max=LOKR_FULL_DIM, step=1, visible_if=_is_locon),
     P("conv_alpha", "float", 1.0, "Convolution alpha", "Alpha of the 3×3 convolution layers (LoCon, LoHa, LoKr).",
       "basic", "Network", min=0.00001, max=512, step=1, visible_if=_is_locon),
     P("factor", "int", -1, "LoKr factor",
@@ -326,6 +346,19 @@ PARAMS: tuple[Param, ...] = (
     P("use_tucker", "bool", False, "Use Tucker decomposition",
       "LyCORIS's Tucker/CP decomposition of 3×3 convolutions. Patina does not train it; leave it off.",
       "basic", "Network", visible_if=_is_lycoris),
+    P("decompose_both", "bool", False, "Decompose both factors",
+      "LoKr: also split the first (smaller) Kronecker factor into two rank-sized matrices (a smaller file). No "
+      "effect where the rank already covers the factor, as with rank 100000.",
+      "basic", "Network", visible_if=_is_lokr),
+    P("rank_dropout", "float", 0.0, "Rank dropout",
+      "LoHa/LoKr: each step, drop this share of the update's rows (0.1 is common; 0 = off).",
+      "basic", "Network", min=0, max=0.99, step=0.01, visible_if=_is_lycoris),
+    P("rank_dropout_scale", "bool", False, "Rescale rank dropout",
+      "LoKr: scale the rows kept by rank dropout up so the update keeps its size (LoHa always does).",
+      "basic", "Network", visible_if=_is_lokr),
+    P("module_dropout", "float", 0.0, "Module dropout",
+      "LoHa/LoKr: each step, skip each adapted layer with this probability (0.1 is common; 0 = off).",
+      "basic", "Network", min=0, max=0.99, step=0.01, visible_if=_is_lycoris),
     P("network_dropout", "float", 0.0, "Network dropout", "Dropout inside the LoRA layers (0.1–0.5 to fight overfitting).",
       "basic", "Network", min=0, max=1, step=0.01, ss_key="ss_network_dropout"),
     P("scale_weight_norms", "float", 0.0, "Scale weight norms",
@@ -393,9 +426,10 @@ PARAMS: tuple[Param, ...] = (
       "basic", "Training length", min=0, max=2**32 - 1, step=1, ss_key="ss_seed"),
 
     # ---- Basic: data ----------------------------------------------------------------------------
-    P("caption_extension", "choice", ".txt", "Caption file extension",
-      "Captions are read from <image name><extension> next to each image.",
-      "basic", "Data", choices=(".txt", ".caption", ".cap")),
+    P("caption_extension", "str", ".txt", "Caption file extension",
+      "Captions are read from <image name><extension> next to each image; images without one are captioned with "
+      "their folder name (an extension no file has, such as .none-use-foldername, captions every image that way).",
+      "basic", "Data", choices=CAPTION_EXTENSION_SUGGESTIONS, check=check_caption_extension, placeholder=".txt"),
     P("max_resolution", "resolution", "512,512", "Max resolution",
       "Training resolution W,H: 512,512 for SD 1.5, 768,768 for SD 2.x-768, 1024,1024 for SDXL.", "basic", "Data",
       placeholder="W,H  e.g. 512,512"),
@@ -468,8 +502,14 @@ PARAMS: tuple[Param, ...] = (
     P("bucket_no_upscale", "bool", True, "Don't upscale bucket resolution",
       "Small images get a smaller bucket instead of being enlarged.", "advanced", "Augmentation and buckets",
       ss_key="ss_bucket_no_upscale"),
-    P("bucket_reso_steps", "int", 64, "Bucket resolution steps", "Bucket sides are multiples of this.",
-      "advanced", "Augmentation and buckets", min=8, max=128, step=8),
+    # The smallest step is 8: the VAE turns every 8×8 pixels into one latent, so a side that is not a multiple
+    # of 8 loses its last pixels in the latent (and the latent no longer decodes to the bucket's size). The
+    # UNet's three downsamplings of the latent would like 64-pixel multiples, but its upsamplers follow the skip
+    # connections' sizes, so any multiple of 8 trains (sd-scripts enforces nothing for SD1/SDXL either).
+    P("bucket_reso_steps", "int", 64, "Bucket resolution steps",
+      "Bucket sides are multiples of this (a multiple of 8: the VAE works on 8×8 pixel blocks).",
+      "advanced", "Augmentation and buckets", min=BUCKET_STEP_MIN, max=128, step=8,
+      check=lambda v: None if v % BUCKET_STEP_MIN == 0 else f"must be a multiple of {BUCKET_STEP_MIN}"),
 
     # ---- Advanced: loss -------------------------------------------------------------------------
     P("prior_loss_weight", "float", 1.0, "Prior loss weight", "Weight of the regularisation images' loss.",
@@ -689,8 +729,7 @@ def coerce(param: Param, value: Any) -> Any:
             value = float(value)
         if (param.min is not None and value < param.min) or (param.max is not None and value > param.max):
             raise ValueProblem(f"is out of range; must be {param.allowed()}")
-        return value
-    if t == "choice":
+    elif t == "choice":
         for c in param.choices:
             if value == c and type(value) is type(c):
                 return c
@@ -701,7 +740,7 @@ def coerce(param: Param, value: Any) -> Any:
             if isinstance(c, str) and isinstance(value, str) and value.strip().lower() == c.lower():
                 return c
         raise ValueProblem(f"must be {param.allowed()}")
-    if t in ("str", "text", "path"):
+    elif t in ("str", "text", "path"):
         if not isinstance(value, str):
             raise ValueProblem("must be text")
         value = value if t == "text" else value.strip()
@@ -789,11 +828,20 @@ def cross_check(cfg: Mapping[str, Any]) -> list[Problem]:
     if cfg["use_tucker"] and _is_lycoris(cfg):
         out.append(Problem("use_tucker", "Tucker/CP decomposition is not supported for LoHa/LoKr in Patina; untick "
                            "it (the files are then the plain LyCORIS layout every loader reads)", True))
+    if not _is_lokr(cfg):
+        for key in ("network_dim", "conv_dim"):
+            if cfg[key] > MAX_RANK and (key == "network_dim" or _is_locon(cfg)):
+                out.append(Problem(key, f"is above {MAX_RANK}; only LoKr takes larger values (full Kronecker "
+                                   f"factors); use 1–{MAX_RANK}", cfg[key]))
     if cfg["factor"] == 0 and _is_lokr(cfg):
         out.append(Problem("factor", "0 is not a LoKr factor; use -1 (automatic) or a positive number", 0))
     if cfg["network_dropout"] > 0 and _is_lycoris(cfg):
         out.append(Problem("network_dropout", f"is not available for {cfg['LoRA_type']} in Patina; set it to 0",
                            cfg["network_dropout"]))
+    for key in ("rank_dropout", "module_dropout"):
+        if cfg[key] > 0 and not _is_lycoris(cfg):
+            out.append(Problem(key, f"is available for LoHa and LoKr in Patina, not {cfg['LoRA_type']}; set it to "
+                               "0 or use network_dropout", cfg[key]))
     if cfg["unet_lr"] == 0 and cfg["text_encoder_lr"] == 0:
         out.append(Problem("unet_lr", "nothing to train: both the UNet and the text encoder learning rates are 0; "
                            "set at least one above 0"))

@@ -54,6 +54,7 @@ class DatasetSummary:
     too_small: list[ImageEntry] = field(default_factory=list)
     captions_from_file: int = 0
     captions_from_folder: int = 0
+    captions: str = ""              # captions_text(): where the captions come from, in words
     caption_warnings: list[str] = field(default_factory=list)
     top_tags: list[tuple[str, int]] = field(default_factory=list)
     folder_problems: list[str] = field(default_factory=list)
@@ -120,6 +121,20 @@ def epoch_arithmetic(folders, reg_samples_available: int = 0, batch_size: int = 
     a = EpochArithmetic(folders, train, reg, max(1, int(batch_size)), max(1, int(grad_accum)), 0)
     return EpochArithmetic(a.folders, train, reg, a.batch_size, a.grad_accum,
                            a.simple_steps if steps is None else int(steps))
+
+
+def captions_text(scan: DatasetScan) -> str:
+    """Where the training images' captions come from, in one line (the run's plan, the dataset summary).
+
+    An extension no caption file has (kohya_ss's ``.none-use-foldername`` habit) is a way to caption every
+    image with its folder name (``10_sks dog`` → ``sks dog``); that is said plainly, not treated as an error."""
+    ext, n, total = scan.caption_extension, scan.captioned, scan.train_images
+    if total and not n:
+        names = sorted({s.class_tokens for s in scan.train_subsets if s.images and s.class_tokens})
+        shown = f" ({', '.join(repr(x) for x in names[:3])}{', …' if len(names) > 3 else ''})" if names else ""
+        return f"no training image has a {ext} caption file, so folder names are used as captions{shown}"
+    text = f"{n} of {total} training image(s) have a {ext} caption file"
+    return text + ("; the others are captioned with their folder name" if n < total else "")
 
 
 def scan_arithmetic(scan: DatasetScan, batch_size: int, grad_accum: int, steps: int) -> EpochArithmetic:
@@ -225,6 +240,7 @@ def summarize(scan: DatasetScan, *, batch_size: int = 1, epochs: int = 1, grad_a
 
     summary.captions_from_file = sum(1 for i in train_imgs if i.caption_source == SOURCE_FILE)
     summary.captions_from_folder = sum(1 for i in train_imgs if i.caption_source == SOURCE_FOLDER)
+    summary.captions = captions_text(scan)
     summary.caption_warnings = [i.caption_warning for i in train_imgs + reg_imgs if i.caption_warning]
     summary.top_tags = tag_frequency(i.caption for i in train_imgs).most_common(top_n_tags)
     return summary
@@ -277,6 +293,8 @@ def format_summary(summary: DatasetSummary) -> str:
     lines.append("")
 
     lines.append(f"Captions: {s.captions_from_file} from caption files, {s.captions_from_folder} from folder names")
+    if s.captions and not s.captions_from_file:
+        lines.append(f"  ({s.captions})")
     if s.top_tags:
         lines.append("Top tags: " + ", ".join(f"{tag} ({n})" for tag, n in s.top_tags))
 

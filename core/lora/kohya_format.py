@@ -2,7 +2,8 @@
 :mod:`patina.core.lora.verify`).
 
 LoHa/LoKr files carry ``ss_network_module = lycoris.kohya`` and ``ss_network_args`` with ``algo``,
-``conv_dim``, ``conv_alpha`` (and ``factor`` for LoKr), as LyCORIS trained through kohya_ss writes them.
+``conv_dim``, ``conv_alpha``, ``factor`` (LoKr), the dropouts and the LyCORIS flags, as LyCORIS trained through
+kohya_ss writes them.
 
 The format is the one of ``shared/reference/lora-format.md`` (§0, §1.3, §3, §8): kohya key names, every
 metadata value a string, ``ss_*`` training keys + ``sshs_model_hash``/``sshs_legacy_hash`` + ``modelspec.*``,
@@ -97,6 +98,26 @@ def network_module(values: Mapping[str, Any]) -> str:
     return "lycoris.kohya" if lycoris_algo(values) else "networks.lora"
 
 
+def _lycoris_args(values: Mapping[str, Any], algo: str) -> dict[str, str]:
+    """The LyCORIS ``network_args`` kohya_ss passes for a LoHa/LoKr (strings, as LyCORIS receives them): algo,
+    the LoKr factor and decompose_both, rank/module dropout, and the LyCORIS options Patina trains with off."""
+    def flag(key):
+        return _s(bool(values.get(key)))
+
+    args = {"algo": algo}
+    if algo == "lokr":
+        factor = values.get("factor")
+        args["factor"] = _s(int(float(factor)) if factor not in (None, "") else -1)
+        args["decompose_both"] = flag("decompose_both")
+        args["rank_dropout_scale"] = flag("rank_dropout_scale")
+    args["rank_dropout"] = _s(values.get("rank_dropout") or 0)
+    args["module_dropout"] = _s(values.get("module_dropout") or 0)
+    args["use_tucker"] = flag("use_tucker")
+    for key in ("use_scalar", "train_norm", "dora_wd", "bypass_mode"):  # not trained by Patina: always off
+        args[key] = "False"
+    return args
+
+
 def network_args_from_values(values: Mapping[str, Any]) -> dict[str, str]:
     """kohya ``network_args`` (for ``ss_network_args``) from a kohya_ss-style config: conv_dim/conv_alpha for
     LoCon; conv_dim/conv_alpha/algo (and factor for LoKr) for LyCORIS LoHa/LoKr, string values as LyCORIS's
@@ -113,13 +134,10 @@ def network_args_from_values(values: Mapping[str, Any]) -> dict[str, str]:
         conv_alpha = values.get("conv_alpha")
         args["conv_alpha"] = _s(conv_alpha if conv_alpha not in (None, "") else 1)
     if algo is not None:
-        args["algo"] = algo
-        if algo == "lokr":
-            factor = values.get("factor")
-            args["factor"] = _s(int(float(factor)) if factor not in (None, "") else -1)
+        args.update(_lycoris_args(values, algo))
     for key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
                 "block_alphas", "conv_block_dims", "conv_block_alphas", "loraplus_lr_ratio",
-                "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio", "rank_dropout", "module_dropout"):
+                "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"):
         v = values.get(key)
         if v in (None, "", 0, 0.0, [], False):
             continue

@@ -165,13 +165,16 @@ def _inject(root, targets: list[Target], spec: NetworkSpec) -> None:
         # no Tucker core: a conv's factors are 2-D (rank×(in·kh·kw)), the plain LyCORIS layout
         use_effective_conv2d=False,
     )
+    if spec.algo != "lora":  # LyCORIS's rank and module dropout (peft applies them only while training)
+        common.update(rank_dropout=float(spec.rank_dropout or 0.0), module_dropout=float(spec.module_dropout or 0.0))
     if spec.algo == "loha":
         # peft's init: w1_a, w1_b, w2_a kaiming-uniform, w2_b zeros (ΔW starts at 0)
         config = LoHaConfig(**common, init_weights=True)
     elif spec.algo == "lokr":
-        # LyCORIS's init: w1 (or its factors) kaiming-uniform, w2 (or w2_b) zeros
+        # LyCORIS's init: w1 (or its factors) kaiming-uniform, w2 (or w2_b) zeros. A rank at or above half a
+        # factor's larger side keeps that factor a full matrix (LyCORIS's rule; 100000 asks for full factors).
         config = LoKrConfig(**common, decompose_factor=int(spec.factor), decompose_both=bool(spec.decompose_both),
-                            init_weights="lycoris")
+                            rank_dropout_scale=bool(spec.rank_dropout_scale), init_weights="lycoris")
     if spec.algo != "lora":
         inject_adapter_in_model(config, root, adapter_name=ADAPTER_NAME)
         return

@@ -136,6 +136,9 @@ class NetworkSpec:
     factor: int = -1  # LoKr: Kronecker factor (-1: nearest the square root), as LyCORIS's ``factor``
     use_tucker: bool = False  # LyCORIS Tucker/CP decomposition of 3x3 convs: not supported, must stay off
     decompose_both: bool = False  # LoKr: split the first factor too (set when a file has lokr_w1_a/_b)
+    rank_dropout: float = 0.0  # LoHa/LoKr: share of the update's rows dropped each step (LyCORIS's rank_dropout)
+    module_dropout: float = 0.0  # LoHa/LoKr: probability of skipping a module for a step
+    rank_dropout_scale: bool = False  # LoKr: rescale the kept rows (peft's LoHa always does)
 
     @classmethod
     def from_values(cls, values: dict) -> "NetworkSpec":
@@ -186,6 +189,10 @@ class NetworkSpec:
             algo=algo,
             factor=_int(values["factor"]) if algo == "lokr" and num("factor") is not None else -1,
             use_tucker=bool(values.get("use_tucker")) and algo != "lora",
+            decompose_both=bool(values.get("decompose_both")) and algo == "lokr",
+            rank_dropout=(num("rank_dropout") or 0.0) if algo != "lora" else 0.0,
+            module_dropout=(num("module_dropout") or 0.0) if algo != "lora" else 0.0,
+            rank_dropout_scale=bool(values.get("rank_dropout_scale")) and algo == "lokr",
         )
 
     # -- derived -----------------------------------------------------------------------------------------
@@ -228,8 +235,9 @@ class NetworkSpec:
             raise PatinaError(f"conv_dim must not be negative (got {self.conv_dim}).")
         if self.conv_alpha is not None and float(self.conv_alpha) < 0:
             raise PatinaError(f"conv_alpha must not be negative (got {self.conv_alpha}).")
-        if not 0.0 <= float(self.network_dropout or 0.0) < 1.0:
-            raise PatinaError(f"network_dropout must be in [0, 1) (got {self.network_dropout}).")
+        for name in ("network_dropout", "rank_dropout", "module_dropout"):
+            if not 0.0 <= float(getattr(self, name) or 0.0) < 1.0:
+                raise PatinaError(f"{name} must be in [0, 1) (got {getattr(self, name)}).")
         if self.algo not in ("lora", "loha", "lokr"):
             raise PatinaError(f"Unknown network algorithm {self.algo!r}: use lora, loha or lokr.")
         if self.algo != "lora":

@@ -98,7 +98,7 @@ def make_plan(cfg: dict, *, seed: int | None = None, num_processes: int = 1) -> 
 
 
 def plan_event(rp: RunPlan, family: str = "auto", problems: list | None = None) -> Plan:
-    from patina.core.dataset.summary import scan_arithmetic
+    from patina.core.dataset.summary import captions_text, scan_arithmetic
 
     scan, cfg = rp.scan, rp.cfg
     arithmetic = scan_arithmetic(scan, cfg["train_batch_size"], cfg["gradient_accumulation_steps"],
@@ -110,9 +110,7 @@ def plan_event(rp: RunPlan, family: str = "auto", problems: list | None = None) 
     lines += [
         f"  Per epoch: {arithmetic.text}",
         f"  Epochs: {rp.epochs}   Total steps: {rp.total_steps}",
-        f"  Captions: {scan.captioned} of {scan.train_images} training image(s) have a {scan.caption_extension} "
-        "caption file" + ("; the others are captioned with their folder name"
-                          if scan.captioned < scan.train_images else ""),
+        f"  Captions: {captions_text(scan)}",
         f"  Resolution {cfg['max_resolution']}, buckets: "
         + ", ".join(f"{k} ({v})" for k, v in rp.data.bucket_histogram().items()),
         f"  Output: {rp.output_path}",
