@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QGridLayout, QHBoxLayo
                                QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
 from patina.core.errors import PatinaError
+from patina.core.train.queue import format_duration
 from patina.core.train.events import EpochEnd, Finished, Log, Metrics, Plan, Progress, Quality, Sample, Saved, Status
 from patina.core.config.schema import REQUIRED_TO_START  # noqa: F401 - re-exported for the Training tab
 from patina.core.config.schema import FAMILY_LABELS, Problem, check_values, errors, missing_required
@@ -45,15 +46,6 @@ def _is_partial_count(ev: Status) -> bool:
     """A progress line such as "Caching latents 5/16…" that is not the last one."""
     m = _COUNT.search(ev.text)
     return bool(m) and ev.phase == "caching" and m.group(1) != m.group(2)
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "—"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def output_file(cfg: Mapping[str, Any], plan: Any = None) -> Path | None:
@@ -440,6 +432,16 @@ class MonitorTab(QWidget):
         self.status_label.setText("Starting…")
         self._log("Training started.", "status")
         self.worker.start()
+
+    def run_queued(self, cfg: dict, resume: str | None, name: str) -> bool:
+        """Start a run of the training queue: its snapshot was checked when it was queued, so no plan dialog;
+        problems found now end the run as failed. False if a run is already going on."""
+        if self.state != "idle":
+            return False
+        self._launch(dict(cfg, resume=resume or ""), None)
+        self.status_label.setText(f"Queue: {name} — starting…")
+        self._log(f"Queue run: {name}" + (f" (continuing from {resume})" if resume else ""), "status")
+        return True
 
     def reset_view(self) -> None:
         self.charts.clear()
