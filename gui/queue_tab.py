@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -21,12 +22,12 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
 
 from patina.core.config.schema import BY_KEY, non_default
 from patina.core.errors import PatinaError
-from patina.core.train.queue import Entry, QueueLock, TrainingQueue, time_text
+from patina.core.train.queue import Entry, QueueLock, TrainingQueue, lock_holder, time_text
 from patina.gui.widgets import Banner
 
 COLUMNS = ("Name", "Status", "Time", "Output")
 STATUS_TEXT = {"waiting": "Waiting", "running": "▶ Running", "done": "✔ Done", "failed": "✖ Failed",
-               "stopped": "■ Stopped", "interrupted": "⏸ Interrupted"}
+               "stopped": "■ Stopped", "interrupted": "↻ Interrupted"}
 STATUS_COLOR = {"running": "#174ea6", "done": "#1b5e20", "failed": "#b00020", "stopped": "#7a4b00",
                 "interrupted": "#7a4b00"}
 
@@ -116,11 +117,13 @@ class QueueTab(QWidget):
             head.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         head.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
         self.table.itemSelectionChanged.connect(self._selection_changed)
+        self.table.cellClicked.connect(self.open_output)
         self.snapshot_view = QPlainTextEdit(self)
         self.snapshot_view.setReadOnly(True)
         self.snapshot_view.setFont(QFont("monospace"))
         self.snapshot_view.setPlaceholderText("Select a run to see the settings it was queued with.")
-        self.status_label = QLabel("", self)
+        self.status_label = QLabel("Runs train one after the other, each as a normal run on the Monitor tab. "
+                                   "Close Patina mid-queue and it offers to resume.", self)
         self.status_label.setWordWrap(True)
         split = QSplitter(Qt.Orientation.Vertical, self)
         split.addWidget(self.table)
@@ -166,20 +169,26 @@ class QueueTab(QWidget):
                 st.setForeground(QColor(STATUS_COLOR[status]))
             self.table.setItem(row, 1, st)
             self.table.setItem(row, 2, QTableWidgetItem(when))
-            self.table.setItem(row, 3, QTableWidgetItem(""))
-            self.table.setCellWidget(row, 3, self._output_link(output))
+            self.table.setItem(row, 3, self._output_item(output))
             if entry_id == selected:
                 self.table.selectRow(row)
         self._selection_changed()
 
-    def _output_link(self, output: str) -> QLabel:
-        lab = QLabel(self.table)
+    def _output_item(self, output: str) -> QTableWidgetItem:
+        """The output as a link: a click opens its folder (:meth:`open_output`)."""
+        item = QTableWidgetItem(output)
         if output:
-            lab.setText(f"<a href='{html.escape(output, quote=True)}'>{html.escape(output)}</a>")
-            lab.setToolTip("Open the folder")
-            lab.linkActivated.connect(open_folder)
-        lab.setContentsMargins(4, 0, 4, 0)
-        return lab
+            item.setForeground(QColor("#1a56b0"))
+            font = item.font()
+            font.setUnderline(True)
+            item.setFont(font)
+            item.setToolTip("Click to open the folder")
+        return item
+
+    def open_output(self, row: int, column: int = 3) -> None:
+        item = self.table.item(row, 3)
+        if column == 3 and item is not None and item.text():
+            open_folder(item.text())
 
     def selected_id(self) -> int | None:
         rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
@@ -201,8 +210,12 @@ class QueueTab(QWidget):
     def _update_buttons(self) -> None:
         entry_id = self.selected_id()
         entry = next((e for e in self.queue.entries if e.id == entry_id), None)
-        idle = not self.running
-        self.start_button.setEnabled(idle and bool(self.queue.pending()))
+        elsewhere = None if self.running else lock_holder(self.queue.lock_path)
+        if elsewhere is not None and elsewhere["pid"] == os.getpid():
+            elsewhere = None
+        self.start_button.setEnabled(not self.running and elsewhere is None and bool(self.queue.pending()))
+        self.start_button.setToolTip(f"The queue is running in {elsewhere['by']} (process {elsewhere['pid']})"
+                                     if elsewhere else "Train the waiting runs one after the other")
         self.start_button.setText("Queue running" if self.running else "Start queue")
         self.pause_button.setEnabled(self.running)
         if not self.running:

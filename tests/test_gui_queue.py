@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QMessageBox
 
 from patina.core.config.schema import defaults
@@ -74,8 +75,10 @@ def test_three_tiny_runs_run_through_the_queue_and_a_failure_does_not_stop_it(qt
     assert "moved" in done[1].message
     assert w.monitor.last_finished.output == done[2].output       # the Monitor showed the runs
     assert "The queue is done. 1 run(s) failed" in tab.status_label.text()
-    link = tab.table.cellWidget(0, 3)
-    assert "a.safetensors" in link.text() and link.toolTip() == "Open the folder"
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", staticmethod(lambda url: opened.append(url.toLocalFile())))
+    tab.open_output(0)                                # the output link opens the LoRA's folder
+    assert tab.table.item(0, 3).text().endswith("a.safetensors") and opened == [str(tmp_path / "out")]
     assert tab.table.item(1, 1).text() == "✖ Failed"
 
 
@@ -129,7 +132,7 @@ def test_pause_after_the_current_run_and_resume_after_closing_the_window(qtbot, 
     again = MainWindow(restore_session=False, detect_family=False, engine_fn=engine)
     qtbot.addWidget(again)
     tab = again.queue_tab
-    assert [tab.table.item(r, 1).text() for r in range(3)] == ["✔ Done", "⏸ Interrupted", "Waiting"]
+    assert [tab.table.item(r, 1).text() for r in range(3)] == ["✔ Done", "↻ Interrupted", "Waiting"]
     assert tab.banner.isVisibleTo(tab) and "was running when Patina closed" in tab.banner.text()
     tab.banner.action_button.click()                  # Resume queue
     qtbot.waitUntil(lambda: statuses() == ["done", "done", "done"] and not tab.running, timeout=10000)
