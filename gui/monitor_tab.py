@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices, QFont
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QGridLayout, QHBoxLayout, QLabel, QMessageBox,
-                               QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QTabWidget, QVBoxLayout, QWidget)
+                               QPlainTextEdit, QProgressBar, QPushButton, QTabWidget, QVBoxLayout, QWidget)
 
 from patina.core.errors import PatinaError
 from patina.core.train.queue import format_duration
@@ -29,7 +29,7 @@ from patina.gui.param_fields import problem_text
 from patina.gui.live_charts import LiveCharts
 from patina.gui.quality_view import QualityView
 from patina.gui.sample_gallery import SampleGallery
-from patina.gui.widgets import Banner
+from patina.gui.widgets import Banner, stacked_splitter
 from patina.gui.tasks import run_task
 from patina.gui.worker import EngineFn, TrainingWorker, default_plan, default_train
 
@@ -297,13 +297,7 @@ class MonitorTab(QWidget):
         self.gallery.count_changed.connect(
             lambda n: self.bottom.setTabText(0, f"Samples ({n})" if n else "Samples"))
 
-        split = QSplitter(Qt.Orientation.Vertical, self)
-        split.addWidget(self.charts)
-        split.addWidget(self.bottom)
-        split.setStretchFactor(0, 5)
-        split.setStretchFactor(1, 4)
-        split.setChildrenCollapsible(False)
-        self.splitter = split
+        self.splitter = stacked_splitter(self, self.charts, self.bottom, (5, 4))
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 10, 12, 10)
@@ -311,7 +305,7 @@ class MonitorTab(QWidget):
         layout.addWidget(self.banner)
         layout.addLayout(buttons)
         layout.addLayout(progress)
-        layout.addWidget(split, 1)
+        layout.addWidget(self.splitter, 1)
         self._update_buttons()
 
     # -- state ----------------------------------------------------------------------------------------

@@ -18,12 +18,12 @@ from typing import Any, Callable, Mapping
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QColor, QDesktopServices, QFont
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPlainTextEdit, QPushButton,
-                               QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from patina.core.config.schema import BY_KEY, non_default
 from patina.core.errors import PatinaError
 from patina.core.train.queue import Entry, QueueLock, TrainingQueue, lock_holder, time_text
-from patina.gui.widgets import Banner
+from patina.gui.widgets import Banner, stacked_splitter
 
 COLUMNS = ("Name", "Status", "Time", "Output")
 STATUS_TEXT = {"waiting": "Waiting", "running": "▶ Running", "done": "✔ Done", "failed": "✖ Failed",
@@ -125,12 +125,7 @@ class QueueTab(QWidget):
         self.status_label = QLabel("Runs train one after the other, each as a normal run on the Monitor tab. "
                                    "Close Patina mid-queue and it offers to resume.", self)
         self.status_label.setWordWrap(True)
-        split = QSplitter(Qt.Orientation.Vertical, self)
-        split.addWidget(self.table)
-        split.addWidget(self.snapshot_view)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
-        split.setChildrenCollapsible(False)
+        split = stacked_splitter(self, self.table, self.snapshot_view, (3, 2))
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 10, 12, 10)

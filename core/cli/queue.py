@@ -90,9 +90,7 @@ def _list(args) -> int:
 
 
 def _remove(args) -> int:
-    entry = _queue().remove(args.id)
-    print(f"Removed {entry.id}: {entry.name}.")
-    return 0
+    return _done(_queue().remove(args.id), "Removed {id}: {name}.")
 
 
 def _move(args) -> int:
@@ -108,8 +106,11 @@ def _clear(args) -> int:
 
 
 def _retry(args) -> int:
-    entry = _queue().requeue(args.id)
-    print(f"{entry.id}: {entry.name} waits again.")
+    return _done(_queue().requeue(args.id), "{id}: {name} waits again.")
+
+
+def _done(entry, text: str) -> int:
+    print(text.format(id=entry.id, name=entry.name))
     return 0
 
 
