@@ -187,9 +187,8 @@ class QueueTab(QWidget):
 
     def selected_id(self) -> int | None:
         rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
-        if not rows:
-            return None
-        return self.table.item(rows[0].row(), 0).data(Qt.ItemDataRole.UserRole)
+        item = self.table.item(rows[0].row(), 0) if rows else None
+        return None if item is None else item.data(Qt.ItemDataRole.UserRole)
 
     def select(self, entry_id: int) -> None:
         for row in range(self.table.rowCount()):
