@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="patina", description="Open Patina's window (or render it to a PNG with --screenshot).")
     p.add_argument("--gui", action="store_true", help="open the window (the default without arguments)")
     p.add_argument("--screenshot", metavar="PATH", help="render the window offscreen to this PNG and exit")
-    p.add_argument("--tab", default="", help="tab or Training page to show: dataset, training, monitor, model, "
-                                              "folders, metadata, basic, advanced, samples")
+    p.add_argument("--tab", default="", help="tab or Training page to show: dataset, training, monitor, queue, "
+                                              "test, tools, model, folders, metadata, basic, advanced, samples")
     p.add_argument("--size", type=_size, default=(1280, 800), help="window size WIDTHxHEIGHT (default 1280x800)")
     return p
 

@@ -22,14 +22,16 @@ from patina.gui.config_document import ConfigDocument
 from patina.gui.dataset_tab import DatasetTab
 from patina.gui.monitor_tab import MonitorTab
 from patina.gui.param_fields import problem_text
+from patina.gui.queue_tab import QueueTab
 from patina.gui.state import GuiState, load_state, save_state
 from patina.gui.tasks import run_task
 from patina.gui.test_tab import LoraTestTab
 from patina.gui.tools_tab import ToolsTab
 from patina.gui.training_tab import TrainingTab
 
-TABS = ("dataset", "training", "monitor", "test", "tools")
-TAB_TITLES = {"dataset": "Dataset", "training": "Training", "monitor": "Monitor", "test": "Test", "tools": "Tools"}
+TABS = ("dataset", "training", "monitor", "queue", "test", "tools")
+TAB_TITLES = {"dataset": "Dataset", "training": "Training", "monitor": "Monitor", "queue": "Queue", "test": "Test",
+              "tools": "Tools"}
 DATASET_KEYS = ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir")
 DEMO_TIP = ("Copy a small demo dataset into a new folder (Documents/Patina demo) and train a LoRA on the tiny demo "
             "model that comes with Patina: a few minutes, no GPU needed")
@@ -80,6 +82,8 @@ class MainWindow(ConfigDocument, QMainWindow):
         self.tabs.addTab(self.dataset_tab, TAB_TITLES["dataset"])
         self.tabs.addTab(self.training, TAB_TITLES["training"])
         self.tabs.addTab(self.monitor, TAB_TITLES["monitor"])
+        self.queue_tab = QueueTab(self.monitor, self, config_source=self._config_for_run, source_path=lambda: self.path)
+        self.tabs.addTab(self.queue_tab, TAB_TITLES["queue"])
         self.test_tab = LoraTestTab(self, config_source=self.form.values)
         self.tabs.addTab(self.test_tab, TAB_TITLES["test"])
         self.tools = ToolsTab(self)
@@ -96,6 +100,7 @@ class MainWindow(ConfigDocument, QMainWindow):
 
         self.form.changed.connect(self._form_changed)
         self.training.start_requested.connect(self.start_training)
+        self.training.queue_requested.connect(self.add_to_queue)
         self.monitor.problems_found.connect(self._show_problems)
         self.monitor.fix_requested.connect(self.apply_fix)
         self.monitor.running_changed.connect(self._running_changed)
@@ -195,6 +200,12 @@ class MainWindow(ConfigDocument, QMainWindow):
         self.act_quit = act("Quit", self.close, QKeySequence.StandardKey.Quit)
         self.act_about = act("About Patina", self._about)
         self.act_demo = act("Try the demo", self.try_demo, None, None, DEMO_TIP)
+        self.act_start = act("Start training…", self.start_training, None, SP.SP_MediaPlay,
+                             "Check everything, show the plan, then train (progress on the Monitor tab)")
+        self.act_queue_add = act("Add current config to queue", self.add_to_queue, None, None,
+                                 "Queue a snapshot of these settings to train later, one run after another")
+        self.act_queue_start = act("Start queue", self.start_queue, None, None,
+                                   "Train the waiting runs of the Queue tab one after the other")
 
     def _build_toolbar(self) -> None:
         tb = QToolBar("Configuration", self)
@@ -239,6 +250,9 @@ class MainWindow(ConfigDocument, QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.act_quit)
         mb.addMenu(self.presets_menu)
+        run_menu = mb.addMenu("&Run")
+        for a in (self.act_start, self.act_queue_add, self.act_queue_start):
+            run_menu.addAction(a)
         help_menu = mb.addMenu("&Help")
         help_menu.addAction(self.act_demo)
         help_menu.addSeparator()
@@ -282,6 +296,18 @@ class MainWindow(ConfigDocument, QMainWindow):
     def start_training(self) -> None:
         self.tabs.setCurrentWidget(self.monitor)
         self.monitor.start()
+
+    def add_to_queue(self) -> None:
+        """Queue a snapshot of the current settings (Training tab, Run menu); problems show on the Queue tab."""
+        entry = self.queue_tab.add_current()
+        if entry is None:
+            self.tabs.setCurrentWidget(self.queue_tab)
+        else:
+            self.statusBar().showMessage(f"Queued “{entry.name}” ({len(self.queue_tab.queue.pending())} run(s) "
+                                         "waiting on the Queue tab).", 8000)
+
+    def start_queue(self) -> None:
+        self.tabs.setCurrentWidget(self.monitor if self.queue_tab.start_queue() else self.queue_tab)
 
     def _show_problems(self, problems: list) -> None:
         if not problems:
@@ -394,6 +420,7 @@ class MainWindow(ConfigDocument, QMainWindow):
     def closeEvent(self, event):  # noqa: N802
         if self._quit_when_stopped and not self.monitor.is_running():
             self.tools.abandon()
+            self.queue_tab.shutdown()
             self._save_session()
             event.accept()
             return
@@ -404,10 +431,13 @@ class MainWindow(ConfigDocument, QMainWindow):
                 self._quit_when_stopped = True
                 event.ignore()
                 return
+            text = ("Stop training and quit? What was trained so far is saved first; Patina closes when the file "
+                    "is written.")
+            if self.queue_tab.running:
+                text = ("Stop the queue and quit? The current run is saved first and continues when you resume the "
+                        "queue; Patina closes when the file is written.")
             answer = QMessageBox.question(
-                self, "Training is running",
-                "Stop training and quit? What was trained so far is saved first; Patina closes when the file "
-                "is written.", QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+                self, "Training is running", text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
                 QMessageBox.StandardButton.Cancel)
             if answer != QMessageBox.StandardButton.Yes:
                 event.ignore()
@@ -416,6 +446,8 @@ class MainWindow(ConfigDocument, QMainWindow):
                 event.ignore()
                 return
             self._quit_when_stopped = True
+            if self.queue_tab.running:
+                self.queue_tab.prepare_close()
             self.monitor.stop()
             self.statusBar().showMessage("Stopping training — Patina closes when the LoRA file is written…")
             event.ignore()
@@ -424,6 +456,7 @@ class MainWindow(ConfigDocument, QMainWindow):
             event.ignore()
             return
         self.tools.abandon()   # a running LoRA tool stops and removes its partial output
+        self.queue_tab.shutdown()
         self._save_session()
         event.accept()
 

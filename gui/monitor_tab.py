@@ -18,9 +18,10 @@ from typing import Any, Callable, Mapping
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices, QFont
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QGridLayout, QHBoxLayout, QLabel, QMessageBox,
-                               QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QTabWidget, QVBoxLayout, QWidget)
+                               QPlainTextEdit, QProgressBar, QPushButton, QTabWidget, QVBoxLayout, QWidget)
 
 from patina.core.errors import PatinaError
+from patina.core.train.queue import format_duration
 from patina.core.train.events import EpochEnd, Finished, Log, Metrics, Plan, Progress, Quality, Sample, Saved, Status
 from patina.core.config.schema import REQUIRED_TO_START  # noqa: F401 - re-exported for the Training tab
 from patina.core.config.schema import FAMILY_LABELS, Problem, check_values, errors, missing_required
@@ -28,7 +29,7 @@ from patina.gui.param_fields import problem_text
 from patina.gui.live_charts import LiveCharts
 from patina.gui.quality_view import QualityView
 from patina.gui.sample_gallery import SampleGallery
-from patina.gui.widgets import Banner
+from patina.gui.widgets import Banner, stacked_splitter
 from patina.gui.tasks import run_task
 from patina.gui.worker import EngineFn, TrainingWorker, default_plan, default_train
 
@@ -45,15 +46,6 @@ def _is_partial_count(ev: Status) -> bool:
     """A progress line such as "Caching latents 5/16…" that is not the last one."""
     m = _COUNT.search(ev.text)
     return bool(m) and ev.phase == "caching" and m.group(1) != m.group(2)
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "—"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def output_file(cfg: Mapping[str, Any], plan: Any = None) -> Path | None:
@@ -305,13 +297,7 @@ class MonitorTab(QWidget):
         self.gallery.count_changed.connect(
             lambda n: self.bottom.setTabText(0, f"Samples ({n})" if n else "Samples"))
 
-        split = QSplitter(Qt.Orientation.Vertical, self)
-        split.addWidget(self.charts)
-        split.addWidget(self.bottom)
-        split.setStretchFactor(0, 5)
-        split.setStretchFactor(1, 4)
-        split.setChildrenCollapsible(False)
-        self.splitter = split
+        self.splitter = stacked_splitter(self, self.charts, self.bottom, (5, 4))
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 10, 12, 10)
@@ -319,7 +305,7 @@ class MonitorTab(QWidget):
         layout.addWidget(self.banner)
         layout.addLayout(buttons)
         layout.addLayout(progress)
-        layout.addWidget(split, 1)
+        layout.addWidget(self.splitter, 1)
         self._update_buttons()
 
     # -- state ----------------------------------------------------------------------------------------
@@ -440,6 +426,16 @@ class MonitorTab(QWidget):
         self.status_label.setText("Starting…")
         self._log("Training started.", "status")
         self.worker.start()
+
+    def run_queued(self, cfg: dict, resume: str | None, name: str) -> bool:
+        """Start a run of the training queue: its snapshot was checked when it was queued, so no plan dialog;
+        problems found now end the run as failed. False if a run is already going on."""
+        if self.state != "idle":
+            return False
+        self._launch(dict(cfg, resume=resume or ""), None)
+        self.status_label.setText(f"Queue: {name} — starting…")
+        self._log(f"Queue run: {name}" + (f" (continuing from {resume})" if resume else ""), "status")
+        return True
 
     def reset_view(self) -> None:
         self.charts.clear()

@@ -15,6 +15,7 @@ class TrainingTab(QWidget):
     """The parameter pages plus a footer with the problem count and a Start button."""
 
     start_requested = Signal()
+    queue_requested = Signal()
 
     def __init__(self, parent=None, *, detect_family: bool = True):
         super().__init__(parent)
@@ -31,9 +32,16 @@ class TrainingTab(QWidget):
         self.start_button.setMinimumHeight(30)
         self.start_button.setToolTip("Check everything, show the plan, then train (progress on the Monitor tab)")
         self.start_button.clicked.connect(self.start_requested)
+        self.queue_button = QPushButton("Add to queue", self)
+        self.queue_button.setObjectName("trainingQueue")
+        self.queue_button.setMinimumHeight(30)
+        self.queue_button.setToolTip("Queue a snapshot of these settings; the Queue tab trains its runs one after "
+                                     "another")
+        self.queue_button.clicked.connect(self.queue_requested)
         footer = QHBoxLayout()
         footer.setContentsMargins(12, 6, 12, 8)
         footer.addWidget(self.summary, 1)
+        footer.addWidget(self.queue_button)
         footer.addWidget(self.start_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

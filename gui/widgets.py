@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPainter, QPen, QValidator
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFrame, QHBoxLayout, QLabel, QLineEdit,
+from PySide6.QtWidgets import (QComboBox, QSplitter, QDoubleSpinBox, QFileDialog, QFrame, QHBoxLayout, QLabel, QLineEdit,
                                QMenu, QPushButton, QSizePolicy, QSpinBox, QToolButton, QWidget)
 
 ERROR_COLOR = "#c62828"
@@ -323,3 +323,14 @@ class Banner(QFrame):
 
     def text(self) -> str:
         return self.label.text()
+
+
+def stacked_splitter(parent, top: QWidget, bottom: QWidget, stretch: tuple[int, int]) -> QSplitter:
+    """*top* over *bottom*, sharing the height as *stretch*; neither can be collapsed away."""
+    split = QSplitter(Qt.Orientation.Vertical, parent)
+    split.addWidget(top)
+    split.addWidget(bottom)
+    split.setStretchFactor(0, stretch[0])
+    split.setStretchFactor(1, stretch[1])
+    split.setChildrenCollapsible(False)
+    return split

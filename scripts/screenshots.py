@@ -101,6 +101,36 @@ def _stop_demo_run(monitor, folder: Path) -> None:
     QApplication.processEvents()
 
 
+def _demo_queue(win):
+    """A queue with runs in every state: two done/failed, one running (its lock held), two waiting."""
+    from patina.core.config.schema import defaults
+    from patina.core.train.queue import QueueLock
+
+    q = win.queue_tab.queue
+    lock = QueueLock(q, "the screenshot").acquire()   # the running entry's runner lives
+    now = time.time()
+    runs = [("sks-dog", "sd15-character", "done", 1712, ""), ("sks-dog-rank32", "sd15-character", "failed", 41,
+            "The GPU ran out of memory (CUDA out of memory). To fit: turn on Gradient checkpointing; lower the "
+            "batch size to 1."), ("oil-style", "sd15-style", "running", 754, ""),
+            ("oil-style-lr2e4", "sd15-style", "waiting", 0, ""), ("xl-dog", "sdxl-character", "waiting", 0, "")]
+    for i, (name, preset, status, seconds, message) in enumerate(runs):
+        cfg = defaults()
+        folder = f"/home/ana/LoRAs/{name.split('-rank')[0].split('-lr')[0]}"
+        cfg.update(pretrained_model_name_or_path="/home/ana/models/v1-5-pruned-emaonly.safetensors",
+                   train_data_dir=f"{folder}/img", output_dir=f"{folder}/output", output_name=name,
+                   network_dim=32 if "rank32" in name else 16, learning_rate=2e-4 if "lr2e4" in name else 1e-4,
+                   epoch=10, train_batch_size=2)
+        entry = q.add(cfg, name=name, source=f"/home/ana/LoRAs/{preset}.json")
+        if status != "waiting":
+            start = now - 4000 + 600 * i
+            q.mark(entry.id, status, started=start, finished=None if status == "running" else start + seconds,
+                   message=message, output=f"{folder}/output/{name}.safetensors" if status == "done"
+                   else f"{folder}/output")
+    win.queue_tab.refresh()
+    win.queue_tab.select(2)
+    return lock
+
+
 def _small_png(src: Path, dest: Path) -> None:
     """A copy for the docs: 256-colour PNG (a screenshot has few colours), well under 200 KB."""
     from PIL import Image
@@ -163,6 +193,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     tmp = Path(tempfile.mkdtemp(prefix="patina-shots-"))
     os.environ["PATINA_CONFIG_DIR"] = str(tmp / "config")  # never the user's own state
+    os.environ["PATINA_DATA_DIR"] = str(tmp / "data")      # nor the user's training queue
 
     from PySide6.QtWidgets import QApplication
 
@@ -248,6 +279,12 @@ def main(argv=None) -> int:
     dialog_shot("kohya-import", _kohya_import_report(win, tmp / "kohya_ss" / "presets" / "lora"))
     if args.docs:
         _small_png(out / "kohya-import.png", ROOT / "docs" / "screenshots" / "kohya-import.png")
+    lock = _demo_queue(win)
+    win.select_tab("queue")
+    shot("queue")
+    lock.release()
+    if args.docs:
+        _small_png(out / "queue.png", ROOT / "docs" / "screenshots" / "queue.png")
 
     from patina.gui.wizard_dialog import FolderWizardDialog
 

@@ -222,7 +222,7 @@ def test_dataset_tab_follows_the_folder_fields_and_fills_them_from_the_wizard(qt
     qtbot.addWidget(w)
     tab = w.dataset_tab
     assert isinstance(tab, DatasetTab) and w.tabs.widget(0) is tab
-    assert [w.tabs.tabText(i) for i in range(w.tabs.count())] == ["Dataset", "Training", "Monitor", "Test", "Tools"]
+    assert [w.tabs.tabText(i) for i in range(w.tabs.count())] == ["Dataset", "Training", "Monitor", "Queue", "Test", "Tools"]
     assert tab._loaded_key == ("", ".txt")
     folders = {"train_data_dir": str(img), "reg_data_dir": None, "output_dir": str(tmp_path / "model"),
                "logging_dir": str(tmp_path / "log")}

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "patina.core.cli.train",
     "patina.core.cli.demo",
     "patina.core.cli.lora",
+    "patina.core.cli.queue",
 )
 
 
