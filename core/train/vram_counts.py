@@ -2,10 +2,10 @@
 
 The UNet, text encoder(s) and VAE are built from their diffusers configs on PyTorch's ``meta`` device (no
 memory, no file read): the model's own folder for a diffusers model, the shipped configs
-(``resources/model_configs``) for a single-file checkpoint, which is how Patina loads it. The LoRA/LoCon/LoHa/
-LoKr network is built on that meta model by Patina's own network code (patina.core.lora.network), so its
-trainable tensors are exactly those a run would train. Results are kept per process: planning again with a
-changed setting only rebuilds what the change affects.
+(``resources/model_configs``) for a single-file checkpoint, which is how Patina loads it. The network's
+trainable tensors come from Patina's own targeting code on that meta model (patina.core.lora.targets: the
+modules and ranks a run adapts); LoHa/LoKr networks are built by patina.core.lora.network itself. Results
+are kept per process: planning again with a changed setting only redoes what the change affects.
 """
 
 from __future__ import annotations
@@ -91,6 +91,24 @@ def self_attention_layers(unet) -> list[tuple[int, int]]:
     return out
 
 
+def network_shapes(unet, text_encoders: list, family: str, spec) -> tuple[tuple[int, ...], ...]:
+    """The shape of every tensor the network of *spec* trains. LoRA/LoCon: from the modules Patina's targeting
+    code chooses (a rank-r pair per module: down r×in(×k×k), up out×r); LoHa/LoKr factorise in peft's own
+    way, so their network is built (slower)."""
+    from patina.core.lora.network import build_network
+    from patina.core.lora.targets import collect_targets
+
+    if spec.algo != "lora":
+        network = build_network(unet, text_encoders, family, spec)
+        return tuple(tuple(p.shape) for p in network.trainable_parameters())
+    spec.validate(family)
+    shapes = []
+    for t in collect_targets(unet, text_encoders, family, spec):
+        out_features, in_features, *kernel = t.root.get_submodule(t.path).weight.shape
+        shapes += [(t.rank, in_features, *kernel), (out_features, t.rank) + (1,) * len(kernel)]
+    return tuple(shapes)
+
+
 _BASE: dict[tuple, tuple] = {}
 _LORA: dict[tuple, tuple] = {}
 
@@ -103,7 +121,6 @@ def count_models(cfg: Mapping[str, Any], family: str) -> ModelCounts:
     """Parameter counts of the model *cfg* trains and of the network it would build (meta device)."""
     import torch
 
-    from patina.core.lora.network import build_network
     from patina.core.lora.targets import NetworkSpec
 
     folder = config_dir_for(cfg["pretrained_model_name_or_path"], family, bool(cfg.get("v_parameterization")))
@@ -117,7 +134,6 @@ def count_models(cfg: Mapping[str, Any], family: str) -> ModelCounts:
                                tuple(self_attention_layers(unet)),
                                tuple((t.config.num_hidden_layers, t.config.hidden_size) for t in tes))
             if lora_key not in _LORA:
-                network = build_network(unet, tes if spec.train_text_encoder else [], family, spec)
-                _LORA[lora_key] = tuple(tuple(p.shape) for p in network.trainable_parameters())
+                _LORA[lora_key] = network_shapes(unet, tes if spec.train_text_encoder else [], family, spec)
     unet_n, te_n, vae_n, attention, te_layers = _BASE[base_key]
     return ModelCounts(family, unet_n, te_n, vae_n, _LORA[lora_key], attention, te_layers)
