@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from patina.core.dataset.buckets import parse_resolution
+from patina.core.models.families import FAMILIES
 
 
 def _int_at_least(minimum: int):
@@ -56,7 +57,7 @@ def register(subparsers) -> None:
     check.add_argument("--bucket-reso-steps", type=_int_at_least(1), default=64)
     check.add_argument("--bucket-upscale", action="store_true", help="allow upscaling small images to a bucket")
     check.add_argument("--no-buckets", action="store_true", help="crop every image to the resolution")
-    check.add_argument("--family", choices=("sd1", "sd2", "sdxl"), default=None,
+    check.add_argument("--family", choices=FAMILIES, default=None,
                        help="also estimate the VRAM a run needs with Patina's default training settings for this "
                             "model family (`patina train CONFIG --dry-run` estimates a whole config)")
     check.set_defaults(handler=run_check)

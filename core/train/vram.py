@@ -373,9 +373,10 @@ def for_config(cfg: Mapping[str, Any], family: str, buckets, device, *, platform
     """(estimate, problems) for a validated *cfg*, or (None, []) when the family is unknown or the model
     cannot be described (the plan is still useful without an estimate)."""
     from patina.core.errors import PatinaError
+    from patina.core.models.families import FAMILIES
     from patina.core.train.vram_counts import count_models
 
-    if family not in ("sd1", "sd2", "sdxl") or not buckets:
+    if family not in FAMILIES or not buckets:
         return None, []
 
     def counts_for(c):
