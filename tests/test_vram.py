@@ -238,9 +238,9 @@ def test_train_dry_run_and_dataset_check_print_the_breakdown(tmp_path, capsys, m
 def test_the_window_plan_dialog_shows_the_estimate_and_applies_a_fix(qtbot, tmp_path, monkeypatch):
     from PySide6.QtWidgets import QDialog
 
+    from trainkit import window_with_plan
+
     from patina.core.train.events import Plan
-    from patina.gui.main_window import MainWindow
-    from patina.gui.monitor_tab import PlanDialog
 
     small = card(4.0, 3.6)
 
@@ -251,24 +251,15 @@ def test_the_window_plan_dialog_shows_the_estimate_and_applies_a_fix(qtbot, tmp_
                     output_path=str(tmp_path / "o.safetensors"), family="sd1", text="Training plan",
                     problems=problems, vram=est)
 
-    dialogs = []
-
-    def fake_exec(self):
-        dialogs.append(self)
-        buttons = {b.text(): b for b in self.fix_buttons}
+    def answer(dialog):
+        buttons = {b.text(): b for b in dialog.fix_buttons}
         if "Turn on Gradient checkpointing" in buttons:
             buttons["Turn on Gradient checkpointing"].click()
-            return self.result()
+            return dialog.result()
         return QDialog.DialogCode.Rejected
 
-    monkeypatch.setattr(PlanDialog, "exec", fake_exec)
-    w = MainWindow(restore_session=False, detect_family=False, plan_fn=plan_fn,
-                   engine_fn=lambda *a, **k: pytest.fail("must not train"))
-    qtbot.addWidget(w)
-    w.form.set_values(dict(pretrained_model_name_or_path=str(tmp_path), train_data_dir=str(tmp_path),
-                           output_dir=str(tmp_path / "out"), train_batch_size=2))
-    w.start_training()
-    qtbot.waitUntil(lambda: len(dialogs) == 2, timeout=20000)
+    w, dialogs = window_with_plan(qtbot, monkeypatch, tmp_path, plan_fn, answer, train_batch_size=2)
+    qtbot.waitUntil(lambda: len(dialogs) == 2, timeout=120000)  # the first count imports diffusers
     first, second = (d.vram_label.text() for d in dialogs)
     assert "VRAM estimate" in first and "LoRA + gradients + optimizer" in first and "will not fit" in first
     assert w.form.values()["gradient_checkpointing"] is True
