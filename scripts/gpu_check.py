@@ -69,9 +69,9 @@ def plan_runs(*, tiny: bool, xformers: bool) -> list[Run]:
 
 # --- models and data -------------------------------------------------------------------------------------------
 
-def make_model(family: str, folder: Path, *, tiny: bool) -> Path:
+def make_model(family: str, folder: Path, *, tiny: bool, device: str = "cuda") -> Path:
     """A diffusers folder with random weights: the full-size architecture from the shipped configs (fp16, built
-    on the GPU), or the tests' tiny model. Made once per work folder."""
+    on *device*), or the tests' tiny model. Made once per work folder."""
     if (folder / "model_index.json").is_file():
         return folder
     if tiny:
@@ -87,13 +87,14 @@ def make_model(family: str, folder: Path, *, tiny: bool) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(shipped_config_dir(family), tmp)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(device):
         unet, tes, vae = build_models(shipped_config_dir(family), family)
     for sub, model in [("unet", unet), ("vae", vae)] + [(f"text_encoder{'_2' if i else ''}", te)
                                                           for i, te in enumerate(tes)]:
         model.to(torch.float16).save_pretrained(tmp / sub, safe_serialization=True)
     del unet, tes, vae
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     tmp.rename(folder)
     return folder
 

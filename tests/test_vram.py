@@ -221,7 +221,7 @@ def test_train_dry_run_and_dataset_check_print_the_breakdown(tmp_path, capsys, m
     preset = cfgmod.save_config(tmp_path / "p.json", tiny_cfg(model, data, tmp_path / "out"))
     tiny_card = DeviceInfo(cuda=True, name="Tiny GPU", total_memory=GiB // 2, free_memory=GiB // 4)
     monkeypatch.setattr(preflight, "probe_device", lambda: tiny_card)
-    assert cli(["train", str(preset), "--dry-run"]) == 0  # a warning: the estimate may be off, Start stays open
+    assert cli(["train", str(preset), "--plan"]) == 0  # a warning: the estimate may be off, Start stays open
     out = capsys.readouterr().out
     for part in ("VRAM estimate (batch 2 at 64×64", "Weights", "LoRA + gradients + optimizer", "Activations",
                  "Overhead", "Total"):

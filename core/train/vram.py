@@ -372,7 +372,6 @@ def for_config(cfg: Mapping[str, Any], family: str, buckets, device, *, platform
                ) -> tuple[Estimate | None, list]:
     """(estimate, problems) for a validated *cfg*, or (None, []) when the family is unknown or the model
     cannot be described (the plan is still useful without an estimate)."""
-    from patina.core.errors import PatinaError
     from patina.core.models.families import FAMILIES
     from patina.core.train.vram_counts import count_models
 
@@ -384,7 +383,7 @@ def for_config(cfg: Mapping[str, Any], family: str, buckets, device, *, platform
 
     try:
         est = estimate(cfg, counts_for(cfg), largest_bucket(buckets))
-    except (PatinaError, OSError, ValueError):
+    except Exception:  # noqa: BLE001 - an unusual model or setting: the plan is still useful without the estimate
         return None, []
     problems = check(cfg, est, device, counts_for, platform=platform) if device is not None else []
     return est, problems
