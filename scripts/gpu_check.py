@@ -79,9 +79,12 @@ def make_model(family: str, folder: Path, *, tiny: bool, device: str = "cuda") -
 
         return save_tiny_diffusers(folder, family)
     import torch
+    from diffusers.utils import logging as dlog
 
     from patina.core.models.loading import shipped_config_dir
     from patina.core.train.vram_counts import build_models
+
+    dlog.set_verbosity_error()  # diffusers warns on every .to(dtype) of a from_config model
 
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -20,8 +20,9 @@ The phase that caches latents holds every model at once; the peak is the larger 
 
 from __future__ import annotations
 
+import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 GiB = 2**30
@@ -99,25 +100,18 @@ EIGHT_BIT_MIN = 4096        # bitsandbytes keeps 32-bit states for tensors small
 EIGHT_BIT_BLOCK = 256       # one fp32 scale per block of 256 values
 
 
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def optimizer_bytes(optimizer: str, shapes, optimizer_args: str = "") -> int:
     """Bytes of optimizer state for fp32 parameters of these *shapes*."""
     total = 0
     for shape in shapes:
-        n = _numel(shape)
+        n = math.prod(shape)
         if optimizer in ("AdamW8bit", "PagedAdamW8bit", "Lion8bit", "SGDNesterov8bit"):
             states = 2 if "Adam" in optimizer else 1
             per = (1 + 4 / EIGHT_BIT_BLOCK) if n >= EIGHT_BIT_MIN else 4
             total += int(states * per * n)
         elif optimizer == "Adafactor":
             if len(shape) >= 2:
-                total += 4 * (_numel(shape[:-1]) + _numel(shape[:-2]) * shape[-1])
+                total += 4 * (math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1])
             else:
                 total += 4 * n
             if "beta1" in (optimizer_args or ""):
@@ -142,7 +136,6 @@ class Estimate:
     activations_what: str
     caching_peak: int           # allocated while latents are cached (every model on the GPU)
     overhead: int = 0
-    notes: list[str] = field(default_factory=list)
     card: "CardCheck | None" = None
 
     @property
@@ -173,65 +166,71 @@ def gib(n: float) -> str:
     return f"{n / GiB:.1f} GiB" if n >= 10 * GiB else f"{n / GiB:.2f} GiB"
 
 
+def _weights(cfg: Mapping[str, Any], counts, wb: int, vb: int) -> tuple[int, str]:
+    """Frozen weights on the GPU while training, and what they are."""
+    from patina.core.config.schema import training_lrs
+    from patina.core.train.batches import can_cache_latents, captions_are_static
+
+    dtype = cfg["mixed_precision"] if wb == 2 else "fp32"
+    weights, what = counts.unet * wb, [f"UNet {dtype}"]
+    if not training_lrs(cfg).train_text_encoder and captions_are_static(cfg):
+        what.append("text encoders freed after caching")
+    else:
+        weights += sum(counts.text_encoders) * wb
+        what.append(f"text encoders {dtype}")
+    if can_cache_latents(cfg):
+        what.append("VAE freed after caching")
+    else:
+        weights += counts.vae * vb
+        what.append("VAE " + ("fp32" if vb == 4 else dtype))
+    return weights, ", ".join(what)
+
+
+def _activations(cfg: Mapping[str, Any], counts, w: int, h: int, wb: int) -> tuple[float, str]:
+    """What the backward pass keeps for one batch at *w*×*h*, and what decides it."""
+    from patina.core.config.schema import training_lrs
+
+    batch, gc, attention = int(cfg["train_batch_size"]), bool(cfg["gradient_checkpointing"]), cfg["xformers"]
+    acts = activation_bytes_per_pixel(counts.family, gc) * (wb / 2) * w * h * batch
+    if attention == "none":
+        # one heads × tokens × tokens map per self-attention layer; tokens = latent pixels at its level
+        maps = [heads * (((w // 8) // f) * ((h // 8) // f)) ** 2 for f, heads in counts.attention]
+        acts += (max(maps) if gc else sum(maps)) * PLAIN_ATTENTION_BYTES[wb] * batch
+    train_te = training_lrs(cfg).train_text_encoder
+    if train_te:
+        tokens = 77 * max(1, int(cfg.get("max_token_length") or 75) // 75)
+        for layers, width in counts.te_layers:
+            values = layers + TE_VALUES_PER_TOKEN_LAYER if gc else layers * TE_VALUES_PER_TOKEN_LAYER
+            acts += values * tokens * width * wb * batch
+    what = {"xformers": "xformers", "sdpa": "SDPA"}.get(attention, "plain attention")
+    what += ", gradient checkpointing" if gc else ", no checkpointing"
+    return acts, what + (", text encoder trains" if train_te else "")
+
+
 def estimate(cfg: Mapping[str, Any], counts, resolution: tuple[int, int]) -> Estimate:
     """The estimate for config *cfg* (validated) with *counts* (vram_counts.ModelCounts) at the bucket
     *resolution* (width, height) with the config's batch size."""
-    from patina.core.config.schema import training_lrs
-    from patina.core.train.batches import can_cache_latents, captions_are_static
+    from patina.core.train.batches import can_cache_latents
 
     w, h = resolution
     batch = int(cfg["train_batch_size"])
     mixed = cfg["mixed_precision"] in ("fp16", "bf16")
-    wb = 2 if mixed else 4
+    wb = 2 if mixed else 4                                               # bytes of a weight / activation
     vb = 4 if counts.family == "sdxl" and cfg.get("sdxl_no_half_vae") else wb
-    train_te = training_lrs(cfg).train_text_encoder
-    te_cached = not train_te and captions_are_static(cfg)
-    latents_cached = can_cache_latents(cfg)
-    te_weights = sum(counts.text_encoders) * wb
-    vae_weights = counts.vae * vb
-    dtype = cfg["mixed_precision"] if mixed else "fp32"
-    weights = counts.unet * wb
-    what = [f"UNet {dtype}"]
-    if te_cached:
-        what.append("text encoders freed after caching")
-    else:
-        weights += te_weights
-        what.append("text encoders " + dtype)
-    if latents_cached:
-        what.append("VAE freed after caching")
-    else:
-        weights += vae_weights
-        what.append("VAE " + ("fp32" if vb == 4 else dtype))
+    weights, weights_what = _weights(cfg, counts, wb, vb)
 
     n_lora = counts.lora_params
     opt = optimizer_bytes(cfg["optimizer"], counts.lora, cfg.get("optimizer_args", ""))
-    train_state = n_lora * (4 + 4 + (2 if mixed else 0)) + opt
+    train_state = n_lora * (4 + 4 + (2 if mixed else 0)) + opt          # fp32 weights and gradients, half copies
     size = f"{n_lora / 1e6:.1f} M" if n_lora >= 100_000 else f"{n_lora / 1e3:.0f} K"
-    train_what = f"{size} params, {cfg['optimizer']}"
+    acts, acts_what = _activations(cfg, counts, w, h, wb)
 
-    gc = bool(cfg["gradient_checkpointing"])
-    per_px = activation_bytes_per_pixel(counts.family, gc) * (wb / 2)
-    acts = per_px * w * h * batch
-    attention = cfg["xformers"]
-    if attention == "none":
-        # one heads × tokens × tokens map per self-attention layer; tokens = latent pixels at its level
-        maps = [heads * (((w // 8) // f) * ((h // 8) // f)) ** 2 for f, heads in counts.attention]
-        maps_bytes = (max(maps) if gc else sum(maps)) * PLAIN_ATTENTION_BYTES[wb] * batch
-        acts += maps_bytes
-    if train_te:
-        chunk = 77 * max(1, int(cfg.get("max_token_length") or 75) // 75)
-        for layers, width in counts.te_layers:
-            per_layer = chunk * width * wb * batch
-            acts += per_layer * ((layers + TE_VALUES_PER_TOKEN_LAYER) if gc else layers * TE_VALUES_PER_TOKEN_LAYER)
-    acts_what = (("xformers" if attention == "xformers" else "SDPA" if attention == "sdpa" else "plain attention")
-                 + (", gradient checkpointing" if gc else ", no checkpointing") + (", text encoder trains" if train_te
-                                                                                     else ""))
-    caching = counts.unet * wb + te_weights + vae_weights + n_lora * 4
-    if latents_cached:
-        vae_batch = max(1, int(cfg.get("vae_batch_size") or 0) or batch)
+    caching = (counts.unet + sum(counts.text_encoders)) * wb + counts.vae * vb + n_lora * 4
+    if can_cache_latents(cfg):
+        vae_batch = int(cfg.get("vae_batch_size") or 0) or batch
         caching += VAE_ENCODE_VALUES_PER_PIXEL * w * h * vb * vae_batch
-    est = Estimate((w, h), batch, weights, ", ".join(what), train_state, train_what, int(acts), acts_what,
-                   int(caching))
+    est = Estimate((w, h), batch, weights, weights_what, train_state, f"{size} params, {cfg['optimizer']}",
+                   int(acts), acts_what, int(caching))
     est.overhead = int(est.allocated * ALLOCATOR_SLACK) + CUDA_CONTEXT
     return est
 

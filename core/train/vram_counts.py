@@ -10,6 +10,7 @@ are kept per process: planning again with a changed setting only redoes what the
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,7 @@ class ModelCounts:
 
     @property
     def lora_params(self) -> int:
-        n = 0
-        for shape in self.lora:
-            size = 1
-            for d in shape:
-                size *= d
-            n += size
-        return n
+        return sum(math.prod(shape) for shape in self.lora)
 
 
 def config_dir_for(model_path: str, family: str, v_prediction: bool = False) -> Path:
