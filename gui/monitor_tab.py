@@ -84,6 +84,28 @@ def plan_rows(plan: Plan) -> list[tuple[str, str]]:
     return rows
 
 
+VERDICT_COLOURS = {"fits": "#1b7a2e", "tight": "#7a4b00", "will not fit": "#b00020"}
+
+
+def vram_table(est) -> str:
+    """The VRAM estimate's breakdown as a small HTML table for the plan dialog."""
+    from patina.core.train.vram import gib
+
+    w, h = est.resolution
+    cells = "".join(f"<tr><td>{html.escape(part)}</td><td align='right'>&nbsp;{gib(n)}&nbsp;</td>"
+                    f"<td style='color: palette(placeholder-text)'>{html.escape(what)}</td></tr>"
+                    for part, what, n in est.rows())
+    if est.card is None:
+        verdict = "no CUDA GPU here: not compared with a card"
+    else:
+        colour = VERDICT_COLOURS.get(est.card.verdict, "#000")
+        verdict = (f"of {gib(est.card.available)} free on {html.escape(est.card.name)}: "
+                   f"<b style='color: {colour}'>{est.card.verdict}</b>")
+    return (f"<b>VRAM estimate</b> — batch {est.batch} at {w}×{h}, the largest bucket"
+            f"<table cellspacing='0' cellpadding='1'>{cells}<tr><td><b>Total</b></td>"
+            f"<td align='right'>&nbsp;<b>{gib(est.total)}</b>&nbsp;</td><td>{verdict}</td></tr></table>")
+
+
 def fix_label(fix: Mapping[str, Any]) -> str:
     """Button text for a one-click fix, e.g. "Use AdamW" or "Set Mixed precision to no"."""
     from patina.core.config.schema import BY_KEY
@@ -93,8 +115,10 @@ def fix_label(fix: Mapping[str, Any]) -> str:
         if key in ("optimizer", "xformers"):
             return f"Use {value}"
         label = BY_KEY[key].label if key in BY_KEY else key
+        if isinstance(value, bool):
+            return f"Turn {'on' if value else 'off'} {label}"
         return f"Set {label} to {value}"
-    return "Apply the fix"
+    return f"Change these {len(fix)} settings"
 
 
 class PlanDialog(QDialog):
@@ -127,6 +151,12 @@ class PlanDialog(QDialog):
             grid.addWidget(val, r, 1)
         grid.setColumnStretch(1, 1)
         layout.addLayout(grid)
+        self.vram_label: QLabel | None = None
+        if getattr(plan, "vram", None) is not None:
+            self.vram_label = QLabel(vram_table(plan.vram), self)
+            self.vram_label.setTextFormat(Qt.TextFormat.RichText)
+            self.vram_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            layout.addWidget(self.vram_label)
         notes: list[str] = []
         if plan.skipped:
             notes.append(f"<b>{len(plan.skipped)} file(s) will be skipped:</b>")
@@ -183,6 +213,9 @@ class PlanDialog(QDialog):
         self.resize(640, 400 + min(12, lines) * details.fontMetrics().lineSpacing() if plan.text else 380)
         if problems:
             self.resize(self.width(), self.height() + 48 * len(problems))
+        if self.vram_label is not None:
+            self.resize(max(self.width(), self.vram_label.sizeHint().width() + 24),
+                        self.height() + self.vram_label.sizeHint().height())
 
     def _choose_fix(self, fix: dict) -> None:
         self.chosen_fix = fix

@@ -45,7 +45,7 @@ def _demo_image(path: Path, hue: int, epoch: int) -> str:
 
 def _feed_demo_run(monitor, folder: Path) -> None:
     """A plausible three-epoch run, as events, straight into the tab (no engine, no thread)."""
-    from patina.core.train.events import EpochEnd, Log, Metrics, Plan, Progress, Sample, Saved, Status
+    from patina.core.train.events import EpochEnd, Metrics, Plan, Progress, Sample, Saved, Status
 
     rnd = random.Random(7)
     total, epochs = 600, 3
@@ -129,6 +129,29 @@ def _demo_queue(win):
     win.queue_tab.refresh()
     win.queue_tab.select(2)
     return lock
+
+
+def _vram_plan(folder: Path):
+    """An SDXL plan with the real VRAM estimate (counted on the meta device) against a 12 GiB card that it
+    does not fit: the estimate table and the one-click fixes."""
+    from patina.core.config.schema import check_values, defaults
+    from patina.core.train import vram
+    from patina.core.train.events import Plan
+    from patina.core.train.preflight import DeviceInfo
+
+    cfg, _ = check_values(dict(defaults(), model_family="sdxl", max_resolution="1024,1024", train_batch_size=2,
+                               network_dim=32, network_alpha=16, mixed_precision="bf16"))
+    card = DeviceInfo(cuda=True, name="NVIDIA GeForce RTX 4070", bf16=True, bitsandbytes=True,
+                      total_memory=12 * 2**30, free_memory=int(11.2 * 2**30))
+    buckets = {"1024x1024": 14, "896x1152": 4, "1152x896": 2}
+    est, problems = vram.for_config(cfg, "sdxl", buckets, card, platform="win32")
+    text = "\n".join(["Training plan", "", "  10_sks dog: 20 images × 10 repeats = 200 samples",
+                      "  Epochs: 2   Total steps: 200"] + vram.format_lines(est))
+    plan = Plan(images=20, reg_images=0, samples_per_epoch=200, steps_per_epoch=100, epochs=2, total_steps=200,
+                batch_size=2, grad_accum=1, buckets=buckets, skipped=[], output_path=str(folder / "sks-dog.safetensors"),
+                family="sdxl", text=text, arithmetic="20 images × 10 repeats = 200 samples / batch 2 = 100 steps",
+                problems=problems, vram=est)
+    return plan
 
 
 def _small_png(src: Path, dest: Path) -> None:
@@ -270,10 +293,11 @@ def main(argv=None) -> int:
     shot("monitor-run")
     plan = win.monitor.last_plan
     dialog_shot("plan-dialog", PlanDialog(plan, [], win))
+    dialog_shot("plan-vram", PlanDialog(_vram_plan(tmp), [], win))
     _stop_demo_run(win.monitor, tmp)
     shot("monitor-stopped")
     if args.docs:
-        for name in ("monitor-idle", "monitor-run", "monitor-stopped"):
+        for name in ("monitor-idle", "monitor-run", "monitor-stopped", "plan-vram"):
             _small_png(out / f"{name}.png", ROOT / "docs" / "screenshots" / f"{name}.png")
 
     dialog_shot("kohya-import", _kohya_import_report(win, tmp / "kohya_ss" / "presets" / "lora"))

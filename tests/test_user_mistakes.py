@@ -560,10 +560,10 @@ def test_machine_defaults_make_the_schema_defaults_runnable():
 def test_plan_dialog_fix_applies_the_setting_and_plans_again(qtbot, tmp_path, monkeypatch):
     from PySide6.QtWidgets import QDialog
 
+    from trainkit import window_with_plan
+
     from patina.core.train.events import Plan
     from patina.core.config.schema import Problem
-    from patina.gui.main_window import MainWindow
-    from patina.gui.monitor_tab import PlanDialog
 
     seen = []
 
@@ -577,24 +577,15 @@ def test_plan_dialog_fix_applies_the_setting_and_plans_again(qtbot, tmp_path, mo
                     batch_size=1, grad_accum=1, buckets={}, skipped=[], output_path=str(tmp_path / "o.safetensors"),
                     family="sd1", text="Training plan", problems=problems)
 
-    dialogs = []
-
-    def fake_exec(self):
-        dialogs.append(self)
-        if self.fix_buttons:
-            assert not self.start_button.isEnabled()  # an error blocks Start until it is fixed
-            self.fix_buttons[0].click()
-            return self.result()
-        assert self.start_button.isEnabled()
+    def answer(dialog):
+        if dialog.fix_buttons:
+            assert not dialog.start_button.isEnabled()  # an error blocks Start until it is fixed
+            dialog.fix_buttons[0].click()
+            return dialog.result()
+        assert dialog.start_button.isEnabled()
         return QDialog.DialogCode.Rejected
 
-    monkeypatch.setattr(PlanDialog, "exec", fake_exec)
-    w = MainWindow(restore_session=False, detect_family=False, plan_fn=plan_fn,
-                   engine_fn=lambda *a, **k: pytest.fail("must not train"))
-    qtbot.addWidget(w)
-    w.form.set_values(dict(pretrained_model_name_or_path=str(tmp_path), train_data_dir=str(tmp_path),
-                           output_dir=str(tmp_path / "out"), optimizer="AdamW8bit"))
-    w.start_training()
+    w, dialogs = window_with_plan(qtbot, monkeypatch, tmp_path, plan_fn, answer, optimizer="AdamW8bit")
     qtbot.waitUntil(lambda: len(dialogs) == 2, timeout=10000)
     assert dialogs[0].fix_buttons[0].text() == "Use AdamW"
     assert w.form.values()["optimizer"] == "AdamW" and w.is_dirty()

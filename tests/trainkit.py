@@ -76,3 +76,27 @@ def unet_te_outputs(family: str, unet, tes):
     sample, ctx, ids, kw = unet_te_inputs(family)
     with torch.no_grad():
         return unet(sample, 10, ctx, **kw).sample, [te(ids).last_hidden_state for te in tes]
+
+
+def window_with_plan(qtbot, monkeypatch, tmp_path, plan_fn, answer, **values):
+    """A main window that plans with *plan_fn* and never trains; every plan dialog is handed to *answer*
+    (which returns the dialog's result) instead of being shown. Returns (window, dialogs seen); the run is
+    started with *values* set on the form, next to the three required folders."""
+    import pytest
+    from patina.gui.main_window import MainWindow
+    from patina.gui.monitor_tab import PlanDialog
+
+    dialogs = []
+
+    def fake_exec(self):
+        dialogs.append(self)
+        return answer(self)
+
+    monkeypatch.setattr(PlanDialog, "exec", fake_exec)
+    w = MainWindow(restore_session=False, detect_family=False, plan_fn=plan_fn,
+                   engine_fn=lambda *a, **k: pytest.fail("must not train"))
+    qtbot.addWidget(w)
+    w.form.set_values(dict(pretrained_model_name_or_path=str(tmp_path), train_data_dir=str(tmp_path),
+                           output_dir=str(tmp_path / "out"), **values))
+    w.start_training()
+    return w, dialogs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from patina.core.dataset.buckets import parse_resolution
+from patina.core.models.families import FAMILIES
 
 
 def _int_at_least(minimum: int):
@@ -56,6 +57,9 @@ def register(subparsers) -> None:
     check.add_argument("--bucket-reso-steps", type=_int_at_least(1), default=64)
     check.add_argument("--bucket-upscale", action="store_true", help="allow upscaling small images to a bucket")
     check.add_argument("--no-buckets", action="store_true", help="crop every image to the resolution")
+    check.add_argument("--family", choices=FAMILIES, default=None,
+                       help="also estimate the VRAM a run needs with Patina's default training settings for this "
+                            "model family (`patina train CONFIG --dry-run` estimates a whole config)")
     check.set_defaults(handler=run_check)
 
     prep = sub.add_parser(
@@ -83,7 +87,28 @@ def run_check(args) -> int:
                         max_bucket_reso=args.max_bucket_reso, bucket_reso_steps=args.bucket_reso_steps,
                         bucket_no_upscale=not args.bucket_upscale, enable_bucket=not args.no_buckets)
     print(format_summary(summary), end="")
+    if args.family:
+        _print_vram(args, summary)
     return 0
+
+
+def _print_vram(args, summary) -> None:
+    """The VRAM estimate for the default training settings at this batch size and these buckets."""
+    from patina.core.config.schema import check_values, defaults
+    from patina.core.train import vram
+    from patina.core.train.preflight import describe, probe_device
+
+    cfg, _ = check_values(dict(defaults(), model_family=args.family, train_batch_size=args.batch_size,
+                               gradient_accumulation_steps=args.grad_accum))
+    est, problems = vram.for_config(cfg, args.family, summary.buckets or [args.resolution], probe_device())
+    if est is None:
+        return
+    print("")
+    print("\n".join(vram.format_lines(est, indent="")))
+    print(f"  (default settings: rank {cfg['network_dim']}, {cfg['optimizer']}, {cfg['mixed_precision']}, "
+          "no gradient checkpointing, latents cached)")
+    for p in problems:
+        print(f"  {describe(p)}")
 
 
 def run_prepare(args) -> int:

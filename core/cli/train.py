@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", metavar="DIR", help="continue from a <name>-state folder")
     t.add_argument("--overwrite", action="store_true", help="replace an existing <output_name>.safetensors")
     t.add_argument("--quiet", action="store_true", help="no progress bar, only the plan and the result")
-    t.add_argument("--dry-run", action="store_true",
-                   help="check everything and print the plan without training (exit 2 if something must be fixed)")
+    t.add_argument("--dry-run", "--plan", action="store_true",
+                   help="check everything and print the plan, with the VRAM estimate, without training (exit 2 if "
+                        "something must be fixed)")
     t.set_defaults(handler=_train)
 
     v = sub.add_parser("verify", help="inspect a LoRA file: modules, ranks, alphas, metadata, problems")

@@ -97,7 +97,7 @@ def make_plan(cfg: dict, *, seed: int | None = None, num_processes: int = 1) -> 
     return RunPlan(cfg, scan, data, seed, batches, spe, epochs, total, out, warnings)
 
 
-def plan_event(rp: RunPlan, family: str = "auto", problems: list | None = None) -> Plan:
+def plan_event(rp: RunPlan, family: str = "auto", problems: list | None = None, vram=None) -> Plan:
     from patina.core.dataset.summary import captions_text, scan_arithmetic
 
     scan, cfg = rp.scan, rp.cfg
@@ -115,6 +115,10 @@ def plan_event(rp: RunPlan, family: str = "auto", problems: list | None = None) 
         + ", ".join(f"{k} ({v})" for k, v in rp.data.bucket_histogram().items()),
         f"  Output: {rp.output_path}",
     ]
+    if vram is not None:
+        from patina.core.train.vram import format_lines
+
+        lines += format_lines(vram)
     held = rp.data.validation_items
     if held:
         lines.append(f"  Validation: {len(held)} image(s) held out of training (validation split "
@@ -143,7 +147,7 @@ def plan_event(rp: RunPlan, family: str = "auto", problems: list | None = None) 
                 buckets=rp.data.bucket_histogram(), skipped=[(str(s.path), s.reason) for s in scan.skipped],
                 output_path=str(rp.output_path), family=family, text="\n".join(lines),
                 reg_samples=scan.reg_samples_used, arithmetic=arithmetic.text,
-                warnings=[w for w in rp.warnings if "skipped —" not in w], problems=problems)
+                warnings=[w for w in rp.warnings if "skipped —" not in w], problems=problems, vram=vram)
 
 
 def _family(cfg: dict, *, strict: bool) -> str:
@@ -181,13 +185,20 @@ def run_preflight(rp: RunPlan, family: str, device=None, *, resume: str | None =
 
 
 def plan(cfg: dict) -> Plan:
-    """Check settings, dataset, folders and device and describe the run, without loading a model.
+    """Check settings, dataset, folders and device and describe the run, with the VRAM estimate
+    (patina.core.train.vram), without loading a model.
 
     Raises PatinaError when the run cannot even be planned (invalid settings, no dataset); every other problem
     (patina.core.train.preflight) is in ``Plan.problems``, errors first-class: a plan with an error must not be started."""
+    from patina.core.train import vram
+    from patina.core.train.preflight import probe_device
+
     rp = make_plan(cfg)
     family = _family(rp.cfg, strict=True)
-    return plan_event(rp, family, run_preflight(rp, family, resume=rp.cfg.get("resume") or None))
+    device = probe_device()
+    problems = run_preflight(rp, family, device, resume=rp.cfg.get("resume") or None)
+    estimate, fits = vram.for_config(rp.cfg, family, rp.data.bucket_histogram(), device)
+    return plan_event(rp, family, problems + fits, vram=estimate)
 
 
 # --- the run ------------------------------------------------------------------------------------------

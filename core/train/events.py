@@ -48,6 +48,7 @@ class Plan:
     arithmetic: str = ""     # how the steps come about (patina.core.dataset.summary.EpochArithmetic.text)
     warnings: list = field(default_factory=list)   # dataset warnings, one line each
     problems: list = field(default_factory=list)  # patina.core.config.schema.Problem from the pre-flight check (patina.core.train.preflight)
+    vram: object = None      # patina.core.train.vram.Estimate (None: family unknown, or not estimated)
 
 
 @dataclass(frozen=True)

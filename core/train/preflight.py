@@ -45,6 +45,8 @@ class DeviceInfo:
     bf16: bool = False
     bitsandbytes: bool = False
     xformers: bool = False
+    total_memory: int | None = None   # bytes on the card
+    free_memory: int | None = None    # bytes a run started now can use (free + what this process holds)
 
 
 def _has_package(name: str) -> bool:
@@ -59,15 +61,18 @@ def probe_device() -> DeviceInfo:
     import torch
 
     cuda = bool(torch.cuda.is_available())
-    name, bf16 = "CPU", False
+    name, bf16, total, free = "CPU", False, None, None
     if cuda:
         try:
             name = torch.cuda.get_device_name(0)
             bf16 = bool(torch.cuda.is_bf16_supported())
+            free, total = torch.cuda.mem_get_info(0)
+            # what this process already holds (a model kept from the last run) is reused or freed by the next
+            free += torch.cuda.memory_reserved(0)
         except Exception:  # noqa: BLE001 - a half-working driver: treat the card as the minimum
             name, bf16 = "CUDA GPU", False
     return DeviceInfo(cuda=cuda, name=name, bf16=bf16, bitsandbytes=_has_package("bitsandbytes"),
-                      xformers=_has_package("xformers"))
+                      xformers=_has_package("xformers"), total_memory=total, free_memory=free)
 
 
 # 8-bit optimizers (bitsandbytes, CUDA only) and the plain optimizer that does the same job everywhere.
@@ -463,7 +468,7 @@ def set_hint(p: Problem) -> str:
 
 
 def describe(p: Problem, *, cli: bool = True) -> str:
-    text = str(p) if p.key != "device" else p.message
+    text = str(p) if p.key not in ("device", "vram") else p.message
     hint = set_hint(p) if cli else ""
     return f"{text} ({hint})" if hint else text
 
