@@ -18,19 +18,15 @@ import captionkit as kit  # noqa: E402
 from captionkit import network_attempts  # noqa: E402,F401 - fixture
 from patina.gui.dataset_tab import DatasetTab  # noqa: E402
 from test_captioning import dataset, fake_hub, hashes, read, tagger_dir  # noqa: E402,F401 - fixtures
+from test_gui_dataset import make_tab  # noqa: E402,F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("network_attempts")
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def tab(qtbot):
-    t = DatasetTab()
-    qtbot.addWidget(t)
-    t.resize(1280, 800)
-    t.show()
-    yield t
-    t.shutdown()
+def tab(make_tab) -> DatasetTab:
+    return make_tab()
 
 
 def open_dialog(qtbot, tab, img, model_dir=None):
