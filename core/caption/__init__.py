@@ -11,7 +11,7 @@
 Typical use::
 
     model = get_model("wd14")
-    folder = model_files(model, model_dir=None, download=True, progress=print)
+    folder = model_files(model, model_dir=None, download_missing=True, progress=print)
     captioner = load_captioner(model, folder, TaggerOptions(general_threshold=0.4))
     report = caption_pass("img", captioner, mode="skip", prefix="sks")
 """

@@ -43,7 +43,7 @@ def missing_files(folder: str | os.PathLike, model: CaptionModel) -> list[str]:
 
 def missing_message(model: CaptionModel) -> str:
     """The one line that says what a model needs: the download, and how to do without one."""
-    return (f"{model.label} needs a download of about {model.size_mb:,} MB from {model.url}; "
+    return (f"The captioning model {model.key} needs a download of about {model.size_mb:,} MB from {model.url}; "
             f"put the files ({', '.join(model.required_names)}) in {offline_folder(model)} "
             f"(or in a folder given as the model folder, --model-dir) to use them offline")
 
