@@ -120,3 +120,73 @@ def network_attempts(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     yield attempts
     assert not attempts, f"the test tried to reach the network: {attempts}"
+
+
+class LocalHub:
+    """A stand-in for huggingface.co on 127.0.0.1: ``HEAD``/``GET /<repo>/resolve/<rev>/<file>`` serve the files
+    of *source* with the headers the hub client reads (commit, ETag, size), ``Range`` requests resume, and
+    anything else is 404. With *cut_after*, the first download of each file breaks off after that many bytes
+    (a dropped connection). :attr:`requests` lists ``(method, path, range)``."""
+
+    COMMIT = "c0ffee" * 6 + "c0ff"
+
+    def __init__(self, source: Path, cut_after: int = 0):
+        import hashlib
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hub = self
+        self.requests: list = []
+        cut: set = set()
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self, body: bool) -> None:
+                hub.requests.append((self.command, self.path, self.headers.get("Range")))
+                parts = self.path.split("?")[0].strip("/").split("/")
+                f = source / parts[-1]
+                if "resolve" not in parts or not f.is_file():
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = f.read_bytes()
+                start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+                self.send_response(206 if start else 200)
+                self.send_header("X-Repo-Commit", hub.COMMIT)
+                self.send_header("ETag", '"%s"' % hashlib.sha256(data).hexdigest())
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                if body and cut_after and f.name not in cut and len(data) > cut_after:
+                    cut.add(f.name)
+                    self.wfile.write(data[:cut_after])
+                    self.close_connection = True
+                elif body:
+                    self.wfile.write(data[start:])
+
+            def do_HEAD(self):  # noqa: N802
+                self._serve(body=False)
+
+            def do_GET(self):  # noqa: N802
+                self._serve(body=True)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def use(self, monkeypatch, cache: Path) -> None:
+        """Point huggingface_hub at this server and at *cache*, with downloads allowed."""
+        from huggingface_hub import constants
+
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", self.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", self.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -249,6 +249,32 @@ def test_download_only_when_asked_with_progress_then_from_the_cache(tagger_dir, 
     load_captioner(model, folder, device="cpu")
 
 
+def test_download_through_the_hub_client_from_a_local_server_resumes(tagger_dir, tmp_path, monkeypatch):
+    """The real ``hf_hub_download`` against a local stand-in for huggingface.co: progress in bytes, and a
+    dropped connection goes on from where it stopped."""
+    from huggingface_hub import constants
+
+    hub = kit.LocalHub(tagger_dir, cut_after=1000)
+    try:
+        hub.use(monkeypatch, tmp_path / "hub")
+        monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 500)   # the client keeps whole chunks only
+        model = get_model("wd14-vit-v3")
+        data = (tagger_dir / "model.onnx").read_bytes()
+        seen: list = []
+        folder = files.model_files(model, download_missing=True, progress=lambda d, t: seen.append((d, t)))
+        assert (folder / "model.onnx").read_bytes() == data
+        gets = [r for r in hub.requests if r[0] == "GET" and "/resolve/" in r[1]]
+        assert [(r[1].rsplit("/", 1)[1], r[2]) for r in gets] == [
+            ("model.onnx", None), ("model.onnx", "bytes=1000-"), ("selected_tags.csv", None)]
+        size = len(data) + (tagger_dir / "selected_tags.csv").stat().st_size
+        assert (1000, len(data)) in seen and seen[-1] == (size, size)
+        assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+        before = len(hub.requests)
+        assert files.model_files(model) == folder and len(hub.requests) == before   # from the cache, no request
+    finally:
+        hub.close()
+
+
 def test_optional_files_a_repository_lacks_are_skipped(blip_dir, tmp_path, monkeypatch):
     calls: list = []
     fake_hub(monkeypatch, tmp_path / "hub", blip_dir, calls)     # the tiny BLIP has no special_tokens_map.json

@@ -7,7 +7,7 @@ A model is used from the first of these that holds all its required files:
    copied from another computer go;
 3. the Hugging Face cache, read with ``local_files_only`` (a model downloaded once is never fetched again).
 
-:func:`download` fetches the files with ``huggingface_hub`` into its cache (an interrupted download resumes),
+:func:`download` fetches the files with ``huggingface_hub`` into its cache (a dropped connection resumes),
 reporting ``progress(bytes_done, bytes_total)``. Offline, it fails with :class:`ModelMissing`, whose one-line
 message says how big the download is, where from, and where to put the files instead.
 """
@@ -89,7 +89,7 @@ def _hub_offline() -> bool:
 def download(model: CaptionModel, progress: Progress | None = None) -> Path:
     """Fetch *model*'s files into the Hugging Face cache and return the folder holding them.
 
-    Files already cached are not fetched again; a download that was cut off resumes. Raises
+    Files already cached are not fetched again; a dropped connection resumes where it stopped. Raises
     :class:`ModelMissing` when offline or when the hub cannot be reached.
     """
     if _hub_offline():
