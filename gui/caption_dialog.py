@@ -420,6 +420,21 @@ class CaptionDialog(QDialog):
                   self.batch_size):
             w.setEnabled(not busy)
 
+    # --- remembered between openings ---------------------------------------------------------------------------
+    def values(self) -> dict:
+        """The choices worth keeping for next time (model, model folder, mode, what goes first and last)."""
+        return {"model": self.model().key, "model_dir": self.model_dir.text().strip(),
+                "mode": self.mode_combo.currentData(), "prefix": self.prefix.text(), "suffix": self.suffix.text()}
+
+    def set_values(self, values: dict) -> None:
+        index = self.model_combo.findData(values.get("model"))
+        if index >= 0:
+            self.model_combo.setCurrentIndex(index)
+        self.model_dir.setText(str(values.get("model_dir") or ""))
+        self.mode_combo.setCurrentIndex(max(0, self.mode_combo.findData(values.get("mode"))))
+        self.prefix.setText(str(values.get("prefix") or ""))
+        self.suffix.setText(str(values.get("suffix") or ""))
+
     def reject(self) -> None:
         if self.busy:
             self.cancel()

@@ -19,11 +19,17 @@ class AutoCaptioning:
             self.caption_dialog.activateWindow()
             return self.caption_dialog
         self.flush()
-        self.caption_dialog = CaptionDialog(self._root, self._ext, self)
-        self.caption_dialog.run_started.connect(self._caption_run_started)
-        self.caption_dialog.run_finished.connect(self._caption_run_finished)
+        self.caption_dialog = dialog = CaptionDialog(self._root, self._ext, self)
+        dialog.set_values(self._state.get("captioning", {}))
+        dialog.run_started.connect(self._caption_run_started)
+        dialog.run_finished.connect(self._caption_run_finished)
+        dialog.finished.connect(lambda _result: self._remember_captioning(dialog.values()))
         self.caption_dialog.open()
         return self.caption_dialog
+
+    def _remember_captioning(self, values: dict) -> None:
+        self._state["captioning"] = values
+        self._save_state()
 
     def _caption_run_started(self) -> None:
         self.flush()

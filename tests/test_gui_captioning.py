@@ -89,6 +89,10 @@ def test_preview_then_run_then_one_undo(qtbot, tab, tmp_path, tagger_dir):
     qtbot.waitUntil(lambda: read(img / "5_sks" / "red.txt") == "old tag", timeout=10000)
     qtbot.waitUntil(lambda: not (img / "2_other" / "green.txt").exists(), timeout=10000)
     assert not (img / "5_sks" / "blue.txt").exists() and hashes(img) == before
+    dlg.close_button.click()                                      # the choices are there next time
+    again = tab.open_caption_dialog()
+    assert again is not dlg and again.prefix.text() == "sks" and again.mode_combo.currentData() == "append"
+    assert again.model_dir.text() == str(tagger_dir) and "Model files:" in again.files_label.text()
 
 
 def test_missing_model_offers_download_with_progress(qtbot, tab, tmp_path, tagger_dir, monkeypatch):

@@ -154,7 +154,7 @@ def run_caption(args) -> int:
     finally:
         bars.close()
     if args.download or not args.quiet:
-        print(f"{model.label}: {folder}", file=sys.stderr)
+        print(f"Using {model.key} from {folder}", file=sys.stderr)
     captioner = load_captioner(model, folder, options, args.device)
     stop = []
 
