@@ -12,129 +12,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
-                               QLabel, QLineEdit, QProgressBar, QPushButton, QRadioButton, QSpinBox,
-                               QStackedWidget, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
+                               QLineEdit, QProgressBar, QPushButton, QStackedWidget, QTableWidget, QTableWidgetItem,
+                               QVBoxLayout)
 
 from patina.core.caption.blip import BlipOptions
 from patina.core.caption.files import download, find_model, missing_message
 from patina.core.caption.models import BLIP, MODELS, CaptionModel
 from patina.core.caption.run import ERROR, MODES, caption_pass, load_captioner
 from patina.core.caption.wd14 import TaggerOptions
+from patina.core.errors import PatinaError
+from patina.gui.caption_options import BlipPage, TaggerPage, add_row, pair, spin_box, options_form
 from patina.gui.caption_widgets import ERROR_COLOR, MUTED_STYLE
 from patina.gui.tasks import Task, error_text, run_task
-from patina.gui.widgets import FloatSpinBox, PathEdit
+from patina.gui.widgets import PathEdit
 
 PREVIEW_IMAGES = 8
 MODE_LABELS = {"skip": "Skip images that have a caption", "overwrite": "Overwrite existing captions",
                "append": "Append new tags to existing captions"}
-
-
-def _spin(low: int, high: int, value: int, parent) -> QSpinBox:
-    box = QSpinBox(parent)
-    box.setRange(low, high)
-    box.setValue(value)
-    return box
-
-
-def _fraction(value: float, parent) -> FloatSpinBox:
-    box = FloatSpinBox(parent)
-    box.setRange(0.0, 1.0)
-    box.setSingleStep(0.05)
-    box.setDecimals(2)
-    box.setValue(value)
-    box.setMinimumWidth(90)
-    return box
-
-
-LABEL_WIDTH = 190
-
-
-def _form(parent=None) -> QFormLayout:
-    form = QFormLayout(parent)
-    form.setContentsMargins(0, 0, 0, 0)
-    return form
-
-
-def _add(form: QFormLayout, text: str, field) -> None:
-    """A row whose label column is as wide in every form of the options box, so the fields line up."""
-    label = QLabel(text)
-    label.setMinimumWidth(LABEL_WIDTH)
-    form.addRow(label, field)
-
-
-class _BlipPage(QWidget):
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        d = BlipOptions()
-        self.beam = QRadioButton("Beam search", self)
-        self.sampling = QRadioButton("Nucleus sampling", self)
-        self.beam.setChecked(True)
-        self.beams = _spin(1, 16, d.num_beams, self)
-        self.top_p = _fraction(d.top_p, self)
-        self.min_length = _spin(0, 200, d.min_length, self)
-        self.max_length = _spin(1, 200, d.max_length, self)
-        how = QHBoxLayout()
-        how.addWidget(self.beam)
-        how.addWidget(self.sampling)
-        how.addStretch(1)
-        form = _form(self)
-        _add(form, "Method:", how)
-        _add(form, "Beams:", self.beams)
-        _add(form, "Top p:", self.top_p)
-        _add(form, "Min / max length (tokens):", _pair(self.min_length, self.max_length))
-        self.beam.toggled.connect(self._sync)
-        self._sync()
-
-    def _sync(self) -> None:
-        self.beams.setEnabled(self.beam.isChecked())
-        self.top_p.setEnabled(not self.beam.isChecked())
-
-    def options(self, batch_size: int) -> BlipOptions:
-        return BlipOptions(sampling=self.sampling.isChecked(), num_beams=self.beams.value(), top_p=self.top_p.value(),
-                           min_length=self.min_length.value(), max_length=self.max_length.value(),
-                           batch_size=batch_size)
-
-
-class _TaggerPage(QWidget):
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        d = TaggerOptions()
-        self.general = _fraction(d.general_threshold, self)
-        self.character = _fraction(d.character_threshold, self)
-        self.exclude = QLineEdit(self)
-        self.exclude.setPlaceholderText("comma-separated, e.g. simple background, white background")
-        self.underscores = QCheckBox("Replace underscores with spaces", self)
-        self.underscores.setChecked(d.replace_underscores)
-        self.by_confidence = QCheckBox("Most likely tags first (else in the tag list's order)", self)
-        self.by_confidence.setChecked(d.sort_by_confidence)
-        self.ratings = QCheckBox("Add the rating tag (general, sensitive, …)", self)
-        self.max_tags = _spin(0, 200, 0, self)
-        self.max_tags.setSpecialValueText("no limit")
-        self.max_tags.setSuffix(" tags")
-        form = _form(self)
-        _add(form, "General tags, score at least:", _pair(self.general))
-        _add(form, "Characters, score at least:", _pair(self.character))
-        _add(form, "Exclude tags:", self.exclude)
-        _add(form, "At most:", _pair(self.max_tags))
-        for box in (self.underscores, self.by_confidence, self.ratings):
-            _add(form, "", box)
-
-    def options(self, batch_size: int) -> TaggerOptions:
-        return TaggerOptions(general_threshold=self.general.value(), character_threshold=self.character.value(),
-                             exclude=[t.strip() for t in self.exclude.text().split(",") if t.strip()],
-                             replace_underscores=self.underscores.isChecked(),
-                             sort_by_confidence=self.by_confidence.isChecked(), rating_tags=self.ratings.isChecked(),
-                             max_tags=self.max_tags.value(), batch_size=batch_size)
-
-
-def _pair(*widgets: QWidget) -> QHBoxLayout:
-    """Fields side by side at their natural width."""
-    row = QHBoxLayout()
-    for w in widgets:
-        row.addWidget(w)
-    row.addStretch(1)
-    return row
 
 
 class CaptionDialog(QDialog):
@@ -183,8 +78,8 @@ class CaptionDialog(QDialog):
         files_row.addWidget(self.files_label, 1)
         files_row.addWidget(self.download_button)
 
-        self.blip_page = _BlipPage(self)
-        self.tagger_page = _TaggerPage(self)
+        self.blip_page = BlipPage(self)
+        self.tagger_page = TaggerPage(self)
         self.pages = QStackedWidget(self)
         self.pages.addWidget(self.blip_page)
         self.pages.addWidget(self.tagger_page)
@@ -194,7 +89,7 @@ class CaptionDialog(QDialog):
         self.prefix = QLineEdit(self)
         self.prefix.setPlaceholderText("e.g. the trigger word: sks")
         self.suffix = QLineEdit(self)
-        self.batch_size = _spin(1, 64, 4, self)
+        self.batch_size = spin_box(1, 64, 4, self)
 
         model_box = QGroupBox("Model", self)
         mf = QFormLayout(model_box)
@@ -206,11 +101,11 @@ class CaptionDialog(QDialog):
         ol = QVBoxLayout(options_box)
         ol.setSpacing(10)
         ol.addWidget(self.pages)
-        of = _form()
-        _add(of, "Existing captions:", self.mode_combo)
-        _add(of, "Put first (trigger word):", self.prefix)
-        _add(of, "Put last:", self.suffix)
-        _add(of, "Images per batch:", _pair(self.batch_size))
+        of = options_form()
+        add_row(of, "Existing captions:", self.mode_combo)
+        add_row(of, "Put first (trigger word):", self.prefix)
+        add_row(of, "Put last:", self.suffix)
+        add_row(of, "Images per batch:", pair(self.batch_size))
         ol.addLayout(of)
 
         self.table = QTableWidget(0, 2, self)
@@ -325,13 +220,20 @@ class CaptionDialog(QDialog):
     def _start_pass(self, preview: int) -> None:
         if self.busy or self.model_folder is None:
             return
+        try:
+            options = self.options()
+            options.check()
+        except PatinaError as exc:
+            self.status.setText(str(exc))
+            self.status.setStyleSheet(f"color: {ERROR_COLOR};")
+            return
         self.table.setRowCount(0)
         self.progress.setRange(0, 0)
         self.progress.show()
         self.status.setText(f"Loading {self.model().label}…")
         if not preview:
             self.run_started.emit()
-        settings = (self.model(), self.model_folder, self.options(), self.mode_combo.currentData(),
+        settings = (self.model(), self.model_folder, options, self.mode_combo.currentData(),
                     self.prefix.text(), self.suffix.text(), preview)
         self._start(self._work, *settings, on_progress=self._on_image, on_done=self._on_pass_done,
                     pass_task=True, written=not preview)

@@ -77,10 +77,9 @@ def test_tagger_reads_bgr_pads_with_white_and_batches(tagger_dir, tmp_path):
 
     blue = Image.new("RGB", (32, 32), (0, 0, 255))
     wide_red = Image.new("RGB", (32, 16), (255, 0, 0))     # padded to 32×32 with white: G and B means 0.5
-    clear = Image.new("RGBA", (32, 32), (0, 0, 0, 0))       # transparent: white, as the tagger was trained
     t = tagger(tagger_dir, character_threshold=1.0)
     assert t.caption([blue, wide_red]) == ["blue theme, ^_^", "red theme, ^_^, bright, green theme, blue theme"]
-    kit.save_image(tmp_path / "clear.png", (0, 0, 0, 0), mode="RGBA")
+    kit.save_image(tmp_path / "clear.png", (0, 0, 0, 0), mode="RGBA")   # transparent: white, as the tagger was trained
     report = caption_pass(tmp_path, t, preview=5)
     assert set(report.results[0].new.split(", ")) == {"red theme", "green theme", "blue theme", "bright", "^_^"}
     one_by_one = kit.save_tiny_tagger(tmp_path / "fixed", fixed_batch=True)   # some v2 exports fix batch 1

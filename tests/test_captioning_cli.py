@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-import captionkit as kit
 from captionkit import network_attempts  # noqa: F401 - fixture
 from patina.core.cli import main
 from test_captioning import blip_dir, dataset, fake_hub, read, tagger_dir  # noqa: F401 - fixtures

@@ -17,7 +17,7 @@ pytest.importorskip("pytestqt")
 import captionkit as kit  # noqa: E402
 from captionkit import network_attempts  # noqa: E402,F401 - fixture
 from patina.gui.dataset_tab import DatasetTab  # noqa: E402
-from test_captioning import dataset, fake_hub, hashes, read, tagger_dir  # noqa: E402,F401 - fixtures
+from test_captioning import blip_dir, dataset, fake_hub, hashes, read, tagger_dir  # noqa: E402,F401 - fixtures
 from test_gui_dataset import make_tab  # noqa: E402,F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("network_attempts")
@@ -93,6 +93,21 @@ def test_preview_then_run_then_one_undo(qtbot, tab, tmp_path, tagger_dir):
     again = tab.open_caption_dialog()
     assert again is not dlg and again.prefix.text() == "sks" and again.mode_combo.currentData() == "append"
     assert again.model_dir.text() == str(tagger_dir) and "Model files:" in again.files_label.text()
+
+
+def test_model_folder_of_another_model_and_bad_options_are_shown(qtbot, tab, tmp_path, tagger_dir, blip_dir):
+    img = dataset(tmp_path)
+    dlg = open_dialog(qtbot, tab, img, tagger_dir)
+    dlg.model_combo.setCurrentIndex(dlg.model_combo.findData("blip"))
+    assert "has no config.json" in dlg.files_label.text() and not dlg.run_button.isEnabled()
+    dlg.model_dir.setText(str(blip_dir))
+    assert dlg.run_button.isEnabled()
+    dlg.blip_page.min_length.setValue(50)          # more than the maximum length (75 → 10)
+    dlg.blip_page.max_length.setValue(10)
+    dlg.run_button.click()
+    assert "--min-length (50) must be between 0 and --max-length (10)" in dlg.status.text()
+    assert not dlg.busy and not tab._batch_running and not tab.caption_panel.editor.isReadOnly()
+    assert read(img / "5_sks" / "blue.txt") is None
 
 
 def test_missing_model_offers_download_with_progress(qtbot, tab, tmp_path, tagger_dir, monkeypatch):
