@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QFormLayout, QGroupBox, QHBox
 from patina.core.caption.blip import BlipOptions
 from patina.core.caption.files import download, find_model, missing_message
 from patina.core.caption.models import BLIP, MODELS, CaptionModel
-from patina.core.caption.run import ERROR, MODES, caption_pass, load_captioner
+from patina.core.caption.run import ERROR, MODES, SKIPPED, caption_pass, load_captioner
 from patina.core.caption.wd14 import TaggerOptions
 from patina.core.errors import PatinaError
 from patina.gui.caption_options import BlipPage, TaggerPage, add_row, pair, spin_box, options_form
@@ -30,6 +30,15 @@ from patina.gui.widgets import PathEdit
 PREVIEW_IMAGES = 8
 MODE_LABELS = {"skip": "Skip images that have a caption", "overwrite": "Overwrite existing captions",
                "append": "Append new tags to existing captions"}
+
+
+def _row_text(result) -> str:
+    """What the table shows for one image: the caption, why it failed, or the caption it keeps."""
+    if result.action == ERROR:
+        return result.message
+    if result.action == SKIPPED:
+        return f"(keeps its caption: {result.old})"
+    return result.new or ""
 
 
 class CaptionDialog(QDialog):
@@ -256,9 +265,7 @@ class CaptionDialog(QDialog):
         row = self.table.rowCount()
         self.table.insertRow(row)
         self.table.setItem(row, 0, QTableWidgetItem(result.image.name))
-        text = result.message if result.action == ERROR else (result.new or "") if result.action != "skipped" \
-            else f"(has a caption: {result.old})"
-        item = QTableWidgetItem(text)
+        item = QTableWidgetItem(_row_text(result))
         item.setToolTip(str(result.image))
         if result.action == ERROR:
             item.setForeground(Qt.GlobalColor.red)
