@@ -66,6 +66,9 @@ class DatasetTabLayout:
         self.redo_button.setDefaultAction(self.redo_action)
         self.reload_button = QPushButton("Reload", self)
         self.reload_button.setToolTip("Read the folder again (after adding or removing files elsewhere)")
+        self.caption_button = QPushButton("Caption images…", self)
+        self.caption_button.setToolTip("Write a first draft of the captions with BLIP (sentences) or the WD14 tagger "
+                                       "(tags); preview first, undo in one step")
         self.wizard_button = QPushButton("Prepare folders…", self)
         self.wizard_button.setToolTip("Build the img/N_name, reg, model and log folders from a plain folder of images")
 
@@ -83,6 +86,7 @@ class DatasetTabLayout:
         top.addWidget(self.undo_button)
         top.addWidget(self.redo_button)
         top.addWidget(self.reload_button)
+        top.addWidget(self.caption_button)
         top.addWidget(self.wizard_button)
 
         self.banner = Banner(self)

@@ -33,6 +33,7 @@ from patina.core.errors import PatinaError
 from patina.core.paths import user_config_dir
 from patina.gui.caption_editor import AUTOSAVE_TAG, CaptionStore
 from patina.gui.dataset_batch import BatchCaptionEdits
+from patina.gui.dataset_captioning import AutoCaptioning
 from patina.gui.dataset_checker import DatasetChecker
 from patina.gui.dataset_layout import SOURCE_REG, SOURCE_TRAIN, DatasetTabLayout
 from patina.gui.image_grid import ImageFilterProxy, ImageListModel, ItemRole
@@ -48,7 +49,7 @@ STATE_FILE = "dataset_tab.json"
 
 
 
-class DatasetTab(DatasetTabLayout, BatchCaptionEdits, QWidget):
+class DatasetTab(DatasetTabLayout, BatchCaptionEdits, AutoCaptioning, QWidget):
     """Browse a kohya-style image folder and edit its captions.
 
     Why this class is ~500 lines: it is the one place that ties the grid, the caption panel, the
@@ -76,6 +77,7 @@ class DatasetTab(DatasetTabLayout, BatchCaptionEdits, QWidget):
         self._shut = False
         self._state = self._load_state()
         self.wizard: FolderWizardDialog | None = None
+        self.caption_dialog = None      # the "Caption images" dialog, once opened
         self.batch_size_source = None   # () -> the Training tab's batch size, for the wizard's step hint
 
         # models, workers
@@ -129,6 +131,7 @@ class DatasetTab(DatasetTabLayout, BatchCaptionEdits, QWidget):
         self.caption_panel.quick_tags_changed.connect(self._save_quick_tags)
         self.reload_button.clicked.connect(self.reload)
         self.wizard_button.clicked.connect(self.open_wizard)
+        self.caption_button.clicked.connect(self.open_caption_dialog)
         self.empty_wizard.clicked.connect(self.open_wizard)
         self.empty_demo.clicked.connect(self.demo_requested)
 
@@ -361,7 +364,7 @@ class DatasetTab(DatasetTabLayout, BatchCaptionEdits, QWidget):
 
     def _show_browse_controls(self, visible: bool) -> None:
         for w in (self.folder_label, self.folder_combo, self.filter_edit, self.counter, self.undo_button,
-                  self.redo_button):
+                  self.redo_button, self.caption_button):
             w.setVisible(visible)
         self.reload_button.setVisible(bool(self._root))
 

@@ -1,4 +1,4 @@
-"""``patina dataset check`` and ``patina dataset prepare``."""
+"""``patina dataset check``, ``patina dataset prepare`` and ``patina dataset caption`` (:mod:`patina.core.cli.caption`)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def _resolution(text: str) -> tuple[int, int]:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("dataset", help="check or prepare a training image folder",
-                                   description="Check or prepare a kohya-style training image folder.")
+    parser = subparsers.add_parser("dataset", help="check, prepare or caption a training image folder",
+                                   description="Check, prepare or caption a kohya-style training image folder.")
     sub = parser.add_subparsers(dest="dataset_command", metavar="ACTION")
 
     def show_help(_args) -> int:
@@ -74,6 +74,10 @@ def register(subparsers) -> None:
     prep.add_argument("--reg", metavar="DIR", default=None, help="folder with regularisation images")
     prep.add_argument("--reg-repeats", type=_int_at_least(0), default=1)
     prep.set_defaults(handler=run_prepare)
+
+    from patina.core.cli.caption import add_caption_parser
+
+    add_caption_parser(sub, _int_at_least)
 
 
 def run_check(args) -> int:

@@ -114,22 +114,23 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
+def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = ALPHA_BACKGROUND) -> Image.Image:
     """Load an image as 8-bit RGB, upright.
 
     EXIF orientation is applied; CMYK, palette, greyscale and 16-bit images are converted (16-bit
     values are scaled to 0-255, not clipped); transparent pixels are composited on mid-grey
-    :data:`ALPHA_BACKGROUND`. Raises ``OSError`` (or another Pillow error) for unreadable files; call
+    :data:`ALPHA_BACKGROUND` (or *background*). Raises ``OSError`` (or another Pillow error) for unreadable files; call
     :func:`probe_image` first to get a user-facing reason.
     """
     with Image.open(path) as src:
         src.load()
         fmt = src.format
         im = ImageOps.exif_transpose(src)
-    return to_rgb(im, source_format=fmt)
+    return to_rgb(im, source_format=fmt, background=background)
 
 
-def to_rgb(im: Image.Image, *, source_format: str | None = None) -> Image.Image:
+def to_rgb(im: Image.Image, *, source_format: str | None = None,
+           background: tuple[int, int, int] = ALPHA_BACKGROUND) -> Image.Image:
     """Convert an already loaded image of any mode to 8-bit RGB (see :func:`load_rgb`)."""
     mode = im.mode
     if mode == "RGB":
@@ -147,8 +148,8 @@ def to_rgb(im: Image.Image, *, source_format: str | None = None) -> Image.Image:
         im = im.convert("RGBA")
         mode = "RGBA"
     if mode == "RGBA":
-        background = Image.new("RGBA", im.size, ALPHA_BACKGROUND + (255,))
-        return Image.alpha_composite(background, im).convert("RGB")
+        canvas = Image.new("RGBA", im.size, tuple(background) + (255,))
+        return Image.alpha_composite(canvas, im).convert("RGB")
     return im.convert("RGB")
 
 
