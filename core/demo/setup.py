@@ -23,7 +23,7 @@ MARKER = ".patina-demo"   # written into a demo folder, so preparing it again ma
 
 # Samples every epoch, and the quality report's prompts: trigger prompts (the concept in colours and on
 # backgrounds it was shown in and not) and class prompts of the pretraining grammar (what must not change).
-_OPTS = "--w 64 --h 64 --s 20 --l 5"
+_OPTS = "--w 64 --h 64 --s 15 --l 5"
 SAMPLE_PROMPTS = "\n".join([
     f"a red {world.TRIGGER} shape on a white background {_OPTS} --d 1",
     f"a red circle on a white background {_OPTS} --d 1",
