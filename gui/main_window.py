@@ -192,6 +192,9 @@ class MainWindow(ConfigDocument, QMainWindow):
         self.act_quit = act("Quit", self.close, QKeySequence.StandardKey.Quit)
         self.act_about = act("About Patina", self._about)
         self.act_demo = act("Try the demo", self.try_demo, None, None, DEMO_TIP)
+        self.act_free_model = act("Free model memory", self.free_model_memory, None, None,
+                                  "Release the base model kept loaded since the last run (the next run loads it "
+                                  "again; a run with the same model and precision otherwise starts at once)")
 
     def _build_toolbar(self) -> None:
         tb = QToolBar("Configuration", self)
@@ -234,10 +237,26 @@ class MainWindow(ConfigDocument, QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.act_quit)
         mb.addMenu(self.presets_menu)
+        run_menu = mb.addMenu("&Run")
+        run_menu.addAction(self.act_free_model)
         help_menu = mb.addMenu("&Help")
         help_menu.addAction(self.act_demo)
         help_menu.addSeparator()
         help_menu.addAction(self.act_about)
+
+    def free_model_memory(self) -> None:
+        """Release the base model that the window keeps between runs (patina.core.models.cache)."""
+        from patina.core.models.cache import window_cache
+
+        cache = window_cache()
+        if self.monitor.is_running():
+            self.statusBar().showMessage("The running training uses the loaded model; free it when the run ends.",
+                                         8000)
+            return
+        name = cache.holds
+        cache.clear()
+        self.statusBar().showMessage(f"Freed the memory held by {name}." if name else
+                                     "No base model was kept in memory.", 8000)
 
     # -- dataset tab --------------------------------------------------------------------------------------------
 
