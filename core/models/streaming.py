@@ -34,33 +34,51 @@ def _target(tensor_dtype, name: str, dtype_for: DtypeFor):
     return want if want is not None and tensor_dtype.is_floating_point else tensor_dtype
 
 
+def _read_exact(fh, offset: int, size: int, name: str):
+    import torch
+
+    buf = torch.empty(size, dtype=torch.uint8)
+    view, done = memoryview(buf.numpy()), 0
+    fh.seek(offset)
+    while done < size:
+        n = fh.readinto(view[done:])
+        if not n:
+            raise ValueError(f"the data of {name} is cut short")
+        done += n
+    return buf
+
+
 def read_safetensors_to(path: str | Path, dtype_for: DtypeFor, device=None) -> dict[str, "torch.Tensor"]:
     """Every tensor of a ``.safetensors`` file, floating-point ones in ``dtype_for(name)``, on *device*
-    (default CPU). Raises :class:`PatinaError` for a damaged file."""
+    (default CPU). The next tensor is read while this one is converted (both release the GIL), so a
+    conversion costs little more than the read. Raises :class:`PatinaError` for a damaged file."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     p = Path(path)
     device = torch.device(device or "cpu")
     out: dict[str, torch.Tensor] = {}
     try:
-        with open(p, "rb", buffering=0) as fh:
+        with open(p, "rb", buffering=0) as fh, ThreadPoolExecutor(1, thread_name_prefix="patina-read") as pool:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n).decode("utf-8"))
-            start = 8 + n
             entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
                              key=lambda kv: kv[1]["data_offsets"][0])
-            for name, entry in entries:
+
+            def read(i: int):
+                name, entry = entries[i]
                 begin, end = entry["data_offsets"]
+                return _read_exact(fh, 8 + n + begin, end - begin, name)
+
+            pending = pool.submit(read, 0) if entries else None
+            for i, (name, entry) in enumerate(entries):
+                buf = pending.result()
+                pending = pool.submit(read, i + 1) if i + 1 < len(entries) else None
                 file_dtype = getattr(torch, _DTYPES[entry["dtype"]])
+                t = buf.view(file_dtype).reshape(tuple(entry["shape"]))
                 target = _target(file_dtype, name, dtype_for)
-                shape = tuple(entry["shape"])
-                direct = target == file_dtype and device.type == "cpu"
-                buf = torch.empty(end - begin, dtype=torch.uint8)
-                fh.seek(start + begin)
-                if end > begin and fh.readinto(memoryview(buf.numpy())) != end - begin:
-                    raise ValueError(f"the data of {name} is cut short")
-                t = buf.view(file_dtype).reshape(shape)
-                out[name] = t if direct else t.to(device=device, dtype=target)
+                out[name] = t if target == file_dtype and device.type == "cpu" else t.to(device=device, dtype=target)
                 del buf, t
     except (KeyError, ValueError, TypeError, struct.error, OSError, RuntimeError) as exc:
         raise PatinaError(f"Could not read {p.name} as .safetensors ({exc}). The file may be damaged or "
