@@ -104,10 +104,16 @@ def _state(base) -> dict:
 def test_window_cache_reuses_the_base_model_and_keeps_it_pristine(sd1_dir, tmp_path):
     data = make_dataset(tmp_path, n=2, repeats=1)
     cache = ModelCache()
-    cfg = tiny_cfg(sd1_dir, data, tmp_path / "out", epoch=1, train_batch_size=2)
+    cfg = tiny_cfg(sd1_dir, data, tmp_path / "out", epoch=1, train_batch_size=2, cpu_threads=2)
     pristine = _state(load_base_model(sd1_dir))
-    first = Collector()
-    assert train(cfg, first, model_cache=cache).status == "finished"
+    threads = []
+    first = Collector(lambda ev: isinstance(ev, E.Progress) and threads.append(torch.get_num_threads()))
+    old = torch.get_num_threads()
+    try:
+        assert train(cfg, first, model_cache=cache).status == "finished"
+    finally:
+        torch.set_num_threads(old)
+    assert threads == [2]  # the engine gave torch the chosen CPU thread count
     assert cache.loads == 1 and cache.holds == sd1_dir.name
     second = Collector()
     assert train(cfg, second, model_cache=cache).status == "finished"
@@ -133,7 +139,7 @@ def test_window_cache_reuses_the_base_model_and_keeps_it_pristine(sd1_dir, tmp_p
     assert cache.clear() and cache.holds is None and not cache.clear()
 
 
-def test_cpu_thread_count_is_chosen_and_applied(sd1_dir, tmp_path, monkeypatch):
+def test_cpu_thread_count_is_chosen_and_explained(sd1_dir, tmp_path, monkeypatch):
     assert choose_threads(3, {"OMP_NUM_THREADS": "7"}) == (3, "set by cpu_threads")
     assert choose_threads(0, {"OMP_NUM_THREADS": "7"}) == (7, "from OMP_NUM_THREADS")
     monkeypatch.setattr("patina.core.train.threads._physical_cores", lambda: 8)
@@ -146,16 +152,6 @@ def test_cpu_thread_count_is_chosen_and_applied(sd1_dir, tmp_path, monkeypatch):
     cfg = tiny_cfg(sd1_dir, tmp_path, tmp_path / "out", cpu_threads=2)
     text = " ".join(p.message for p in check_device(cfg, DeviceInfo(cuda=False)))
     assert "for trying things out" in text and "2 CPU thread(s)" in text
-    # the engine gives torch the count
-    data = make_dataset(tmp_path, n=2, repeats=1)
-    old = torch.get_num_threads()
-    seen = []
-    try:
-        cfg = tiny_cfg(sd1_dir, data, tmp_path / "out", epoch=1, cpu_threads=2)
-        train(cfg, lambda ev: isinstance(ev, E.Progress) and seen.append(torch.get_num_threads()))
-    finally:
-        torch.set_num_threads(old)
-    assert seen and set(seen) == {2}
 
 
 def test_exit_after_train_flushes_then_exits_at_once(monkeypatch, capsys):

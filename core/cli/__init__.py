@@ -85,11 +85,12 @@ def exit_after(code: int, argv: list[str]) -> NoReturn:
         import logging
         import os
 
-        logging.shutdown()  # flushes and closes every logging handler
-        for stream in (sys.stdout, sys.stderr):
+        loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        handlers = [h for lg in loggers for h in getattr(lg, "handlers", ())]
+        for stream in (*handlers, sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except (OSError, ValueError):  # a closed or broken pipe: nothing left to flush
+            except (OSError, ValueError):  # a closed stream or a broken pipe: nothing left to flush
                 pass
         os._exit(code)
     sys.exit(code)
