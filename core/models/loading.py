@@ -518,9 +518,9 @@ def _from_pretrained(cls, folder: Path, subfolder: str, what: str, dtype: torch.
     _refuse_unsafe_pickles(sub)
     try:
         if transformers_model:
-            model = cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True,
+            model = cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True, dtype=dtype,
                                         **({"variant": variant} if variant else {}))
-            model.to(dtype)
+            model.to(dtype)  # modules transformers keeps in fp32 too
         else:
             with _quiet_diffusers():
                 model = cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True,
