@@ -1,21 +1,26 @@
-"""Start-to-first-step against diffusers' ``from_single_file``, side by side (docs/benchmarks.md).
+"""Patina's model load and the window's repeated run against diffusers' ``from_single_file``, side by side
+(docs/benchmarks.md).
 
 Writes random-weight, full-size single-file checkpoints (fp16 .safetensors in the original LDM layout:
 SD 1.5, 2.0 GiB; with ``--sdxl`` also SDXL base, 6.5 GiB) into ``--work`` (never into the repository), then
-measures in fresh processes, rounds interleaved (Patina, diffusers, Patina, …):
+measures in fresh processes, rounds interleaved (Patina, diffusers, diffusers, Patina, …):
 
-* **Patina, first run**: ``python -c`` → ``patina.core.train.engine.train`` on a one-image dataset (64², so
-  caching costs nothing) until the step loop begins (the engine's "training" status): process start → first
-  step, everything before it included (imports, checks, model load, LoRA, optimizer, caches).
+* **Patina, first run**: ``python -c`` → ``patina.core.train.engine.train`` on a one-image dataset, from
+  process start to the moment the engine reports the base model loaded (its plan event, sent once the
+  UNet, VAE and text encoders are in the training dtype on the training device), everything before it
+  included: imports, settings and dataset checks, pre-flight, the load. ``--mark step`` measures to the
+  start of the first step instead (LoRA, optimizer and caches built too; on a CPU under bf16 the VAE's
+  latent caching runs on emulated bf16 convolutions and takes minutes, so "ready" is the default there).
 * **Patina, repeated run**: in the same process, a second ``train`` with the window's model cache
-  (patina.core.models.cache): Start → first step.
+  (patina.core.models.cache), measured from the ``train`` call to the same moment.
 * **diffusers, load alone**: ``StableDiffusion(XL)Pipeline.from_single_file(file, config=<Patina's shipped
   config folder>, torch_dtype=<the same dtype>)`` with Patina's bundled CLIP tokenizer passed in (offline):
-  process start → the pipeline returned ("models ready").
+  from process start to the pipeline returned ("models ready").
 
-Peak RSS is the process's VmHWM at that moment. The dtype is what a CPU run trains in under mixed precision
-(bf16: Patina trains fp16 mixed precision on a CPU in full precision, see core/train/engine.py); on a CUDA
-machine pass ``--dtype fp16``. Usage::
+Peak RSS is the process's VmHWM at that moment. The default dtype, bf16, is what a CPU run holds its
+frozen weights in under mixed precision (mixed precision fp16 on a CPU trains in full precision, see
+core/train/engine.py); ``--dtype float16`` for fp16 (on a CUDA machine Patina's side then streams the
+weights onto the GPU while diffusers' load alone stays on the CPU). Usage::
 
     OMP_NUM_THREADS=1 python scripts/bench_load.py --rounds 3 [--sdxl] [--work /tmp/patina-bench-load]
 """
@@ -33,6 +38,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"sd15": "sd15-random.safetensors", "sdxl": "sdxl-random.safetensors"}
+
+
+def cpu_s() -> float:
+    """CPU seconds this process used so far (all threads): far less disturbed by other work on a busy
+    machine than wall time."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def vm_hwm_gib() -> float:
@@ -118,7 +132,7 @@ def child_diffusers(path: str, family: str, dtype: str) -> dict:
     pipe = cls.from_single_file(path, config=str(cfg), local_files_only=True, torch_dtype=getattr(torch, dtype), **kw)
     ready = time.time()
     assert pipe.unet.dtype == getattr(torch, dtype)
-    return {"ready": ready, "rss_gib": vm_hwm_gib()}
+    return {"ready": ready, "cpu_s": cpu_s(), "rss_gib": vm_hwm_gib()}
 
 
 class _AtFirstStep(Exception):
@@ -144,16 +158,17 @@ def child_patina(path: str, family: str, dtype: str, work: str, mark: str = "rea
         # "ready": the plan event the engine sends once the base model is loaded (in its training dtype, on
         # its device); "step": the step loop begins (network, optimizer and caches built too)
         if (isinstance(ev, Plan) and mark == "ready") or (isinstance(ev, Status) and ev.phase == "training"):
-            marks.append((time.time(), vm_hwm_gib()))
+            marks.append((time.time(), vm_hwm_gib(), cpu_s()))
             raise _AtFirstStep  # stop there: the step itself is slow on a CPU and not what is measured
 
     cache = ModelCache()
     first = train(cfg, emit, model_cache=cache)
-    started = time.time()
+    started, started_cpu = time.time(), cpu_s()
     second = train(cfg, emit, model_cache=cache)
     if len(marks) != 2 or cache.loads != 1:
         raise SystemExit(f"the runs did not reach the first step: {first.message} / {second.message}")
-    return {"ready": marks[0][0], "rss_gib": marks[0][1], "repeat_s": marks[1][0] - started}
+    return {"ready": marks[0][0], "rss_gib": marks[0][1], "cpu_s": marks[0][2], "repeat_s": marks[1][0] - started,
+            "repeat_cpu_s": marks[1][2] - started_cpu}
 
 
 def run_child(kind: str, path: Path, family: str, dtype: str, work: Path, mark: str = "ready") -> dict:
@@ -172,11 +187,39 @@ def run_child(kind: str, path: Path, family: str, dtype: str, work: Path, mark: 
     return r
 
 
+_TEARDOWN = """
+import os, sys, time
+import torch, accelerate
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel
+from patina.core.models.tiny import tiny_pipeline
+pipe = tiny_pipeline("sd1")
+print(time.time(), flush=True)
+if sys.argv[1] == "fast":
+    os._exit(0)
+"""
+
+
+def measure_teardown(rounds: int) -> dict:
+    """Seconds from a process's last line to its end, with the interpreter's teardown and with os._exit
+    (what ``patina train`` does), after importing what a training imports and building a (tiny) pipeline."""
+    times: dict[str, list] = {"normal": [], "fast": []}
+    for _ in range(rounds):
+        for mode in times:
+            proc = subprocess.Popen([sys.executable, "-c", _TEARDOWN, mode], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+            printed = float(proc.stdout.readline())
+            proc.wait()
+            times[mode].append(time.time() - printed)
+    return {f"{k}_exit_s": round(statistics.median(v), 2) for k, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/patina-bench-load"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sdxl", action="store_true", help="also SDXL (writes a 6.5 GiB file; needs ~16 GiB of RAM)")
+    ap.add_argument("--sdxl-rounds", type=int, default=None, help="rounds for SDXL (default: --rounds)")
     ap.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     ap.add_argument("--mark", choices=("ready", "step"), default="ready",
                     help="Patina's moment: models ready (as diffusers') or the first step begins")
@@ -191,7 +234,8 @@ def main() -> None:
             write_random_checkpoint(path, fam)
         size_gib = path.stat().st_size / 2**30
         rows: dict[str, list] = {"patina": [], "diffusers": []}
-        for r in range(args.rounds):
+        rounds = args.sdxl_rounds if fam == "sdxl" and args.sdxl_rounds else args.rounds
+        for r in range(rounds):
             for kind in ("patina", "diffusers") if r % 2 == 0 else ("diffusers", "patina"):
                 res = run_child(kind, path, fam, args.dtype, args.work, args.mark)
                 rows[kind].append(res)
@@ -199,16 +243,23 @@ def main() -> None:
         med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in rows.items()}
         d = med["diffusers"]["wall_s"]
         report[fam] = {
-            "file_gib": round(size_gib, 3), "rounds": args.rounds, "dtype": args.dtype, "mark": args.mark,
+            "file_gib": round(size_gib, 3), "rounds": rounds, "dtype": args.dtype, "mark": args.mark,
             "patina_first_s": round(med["patina"]["wall_s"], 2), "patina_repeat_s": round(med["patina"]["repeat_s"], 3),
             "diffusers_load_s": round(d, 2),
             "first_ratio": round(med["patina"]["wall_s"] / d, 3), "repeat_ratio": round(med["patina"]["repeat_s"] / d, 4),
+            "patina_first_cpu_s": round(med["patina"]["cpu_s"], 2),
+            "patina_repeat_cpu_s": round(med["patina"]["repeat_cpu_s"], 3),
+            "diffusers_load_cpu_s": round(med["diffusers"]["cpu_s"], 2),
+            "first_cpu_ratio": round(med["patina"]["cpu_s"] / med["diffusers"]["cpu_s"], 3),
+            "repeat_cpu_ratio": round(med["patina"]["repeat_cpu_s"] / med["diffusers"]["cpu_s"], 4),
             "patina_rss_gib": round(med["patina"]["rss_gib"], 2), "diffusers_rss_gib": round(med["diffusers"]["rss_gib"], 2),
             "patina_rss_per_file": round(med["patina"]["rss_gib"] / size_gib, 3),
             "diffusers_rss_per_file": round(med["diffusers"]["rss_gib"] / size_gib, 3),
             "all": rows,
         }
         print(json.dumps({k: v for k, v in report[fam].items() if k != "all"}, indent=1), flush=True)
+    report["teardown"] = measure_teardown(args.rounds)
+    print(json.dumps(report["teardown"]), flush=True)
     out = args.work / "bench_load.json"
     out.write_text(json.dumps(report, indent=1))
     print(f"written {out}")

@@ -183,3 +183,21 @@ def test_patina_train_process_ends_with_every_file_complete(sd1_dir, tmp_path):
         assert verify_lora(out / name).ok, name
     lines = next((tmp_path / "logs").glob("tiny_*/metrics.jsonl")).read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines if "step" in x and "quality" not in x] == [1, 2]
+
+
+def test_free_model_memory_in_the_window_empties_the_kept_model(qtbot, sd1_dir):
+    from patina.core.models.cache import window_cache
+    from patina.gui.main_window import MainWindow
+
+    cache = window_cache()
+    cache.load(load_base_model, sd1_dir, vae_path=None, dtype=torch.float32)
+    assert cache.holds == sd1_dir.name
+    w = MainWindow(restore_session=False, detect_family=False)
+    qtbot.addWidget(w)
+    run_menu = next(a.menu() for a in w.menuBar().actions() if a.text() == "&Run")
+    assert w.act_free_model in run_menu.actions()
+    w.act_free_model.trigger()
+    assert cache.holds is None
+    assert w.statusBar().currentMessage() == f"Freed the memory held by {sd1_dir.name}."
+    w.act_free_model.trigger()
+    assert w.statusBar().currentMessage() == "No base model was kept in memory."
