@@ -4,8 +4,8 @@ A 2 GB fp16 SD 1.5 file trained under bf16 mixed precision must never exist as f
 whole file (memory-mapped pages included) beside its converted copy. :func:`read_safetensors_to` reads
 each tensor's bytes with plain file reads (no memory map: the page cache is not counted against the
 process), into a tensor that already has the target dtype when the file's dtype matches, else into a
-one-tensor buffer that is converted and dropped; the result is moved to the device at once, so a CUDA
-run holds at most one tensor of the file in CPU memory. Pickled ``.ckpt`` files must be unpickled whole
+reused scratch buffer that is converted from; the result is moved to the device at once, so a CUDA run
+holds at most two tensors of the file in CPU memory. Pickled ``.ckpt`` files must be unpickled whole
 (:func:`~patina.core.models.checkpoint_files.load_state_dict_safely`); :func:`convert_in_place` then
 converts them tensor by tensor, freeing each original as it goes.
 """
@@ -34,24 +34,21 @@ def _target(tensor_dtype, name: str, dtype_for: DtypeFor):
     return want if want is not None and tensor_dtype.is_floating_point else tensor_dtype
 
 
-def _read_exact(fh, offset: int, size: int, name: str):
-    import torch
-
-    buf = torch.empty(size, dtype=torch.uint8)
-    view, done = memoryview(buf.numpy()), 0
+def _read_into(fh, offset: int, buf, name: str) -> None:
+    view, done, size = memoryview(buf.numpy()), 0, buf.numel()
     fh.seek(offset)
     while done < size:
         n = fh.readinto(view[done:])
         if not n:
             raise ValueError(f"the data of {name} is cut short")
         done += n
-    return buf
 
 
 def read_safetensors_to(path: str | Path, dtype_for: DtypeFor, device=None) -> dict[str, "torch.Tensor"]:
     """Every tensor of a ``.safetensors`` file, floating-point ones in ``dtype_for(name)``, on *device*
-    (default CPU). The next tensor is read while this one is converted (both release the GIL), so a
-    conversion costs little more than the read. Raises :class:`PatinaError` for a damaged file."""
+    (default CPU). A tensor kept as it is on the CPU is read straight into its own storage; one to convert
+    or move is read into one of two reused scratch buffers (no fresh memory per tensor) and converted from
+    there while the next one is read (both release the GIL). Raises :class:`PatinaError` for a damaged file."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -65,21 +62,29 @@ def read_safetensors_to(path: str | Path, dtype_for: DtypeFor, device=None) -> d
             header = json.loads(fh.read(n).decode("utf-8"))
             entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
                              key=lambda kv: kv[1]["data_offsets"][0])
+            largest = max((e["data_offsets"][1] - e["data_offsets"][0] for _k, e in entries), default=0)
+            scratch: list = []
 
             def read(i: int):
                 name, entry = entries[i]
                 begin, end = entry["data_offsets"]
-                return _read_exact(fh, 8 + n + begin, end - begin, name)
+                file_dtype = getattr(torch, _DTYPES[entry["dtype"]])
+                keep = _target(file_dtype, name, dtype_for) == file_dtype and device.type == "cpu"
+                if keep:
+                    buf = torch.empty(end - begin, dtype=torch.uint8)
+                else:
+                    if not scratch:
+                        scratch.extend(torch.empty(largest, dtype=torch.uint8) for _ in range(2))
+                    buf = scratch[i % 2][: end - begin]
+                _read_into(fh, 8 + n + begin, buf, name)
+                return buf.view(file_dtype).reshape(tuple(entry["shape"])), keep
 
             pending = pool.submit(read, 0) if entries else None
-            for i, (name, entry) in enumerate(entries):
-                buf = pending.result()
+            for i, (name, _entry) in enumerate(entries):
+                t, keep = pending.result()
                 pending = pool.submit(read, i + 1) if i + 1 < len(entries) else None
-                file_dtype = getattr(torch, _DTYPES[entry["dtype"]])
-                t = buf.view(file_dtype).reshape(tuple(entry["shape"]))
-                target = _target(file_dtype, name, dtype_for)
-                out[name] = t if target == file_dtype and device.type == "cpu" else t.to(device=device, dtype=target)
-                del buf, t
+                out[name] = t if keep else t.to(device=device, dtype=_target(t.dtype, name, dtype_for))
+                del t
     except (KeyError, ValueError, TypeError, struct.error, OSError, RuntimeError) as exc:
         raise PatinaError(f"Could not read {p.name} as .safetensors ({exc}). The file may be damaged or "
                           "truncated.") from None
