@@ -1,5 +1,3 @@
-import sys
+from patina.core.cli import console
 
-from patina.core.cli import main
-
-sys.exit(main())
+console()

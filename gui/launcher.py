@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import traceback
+from typing import NoReturn
 
 LOG_NAME = "launcher.log"
 LOG_KEEP_BYTES = 256 * 1024
@@ -182,6 +183,18 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(folder.config_path)
     from patina.core.cli import main as cli_main
     return cli_main(argv)
+
+
+def console() -> NoReturn:
+    """The ``patina`` console script: :func:`main`, then exit (``patina train`` without the interpreter's
+    teardown, see patina.core.cli.exit_after). Tests call :func:`main`, which returns."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if _wants_gui(argv):
+        sys.exit(code)
+    from patina.core.cli import exit_after
+
+    exit_after(code, argv)
 
 
 def main_gui() -> int:

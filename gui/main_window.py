@@ -206,6 +206,9 @@ class MainWindow(ConfigDocument, QMainWindow):
                                  "Queue a snapshot of these settings to train later, one run after another")
         self.act_queue_start = act("Start queue", self.start_queue, None, None,
                                    "Train the waiting runs of the Queue tab one after the other")
+        self.act_free_model = act("Free model memory", self.free_model_memory, None, None,
+                                  "Release the base model kept loaded since the last run (the next run loads it "
+                                  "again; a run with the same model and precision otherwise starts at once)")
 
     def _build_toolbar(self) -> None:
         tb = QToolBar("Configuration", self)
@@ -253,10 +256,26 @@ class MainWindow(ConfigDocument, QMainWindow):
         run_menu = mb.addMenu("&Run")
         for a in (self.act_start, self.act_queue_add, self.act_queue_start):
             run_menu.addAction(a)
+        run_menu.addSeparator()
+        run_menu.addAction(self.act_free_model)
         help_menu = mb.addMenu("&Help")
         help_menu.addAction(self.act_demo)
         help_menu.addSeparator()
         help_menu.addAction(self.act_about)
+
+    def free_model_memory(self) -> None:
+        """Release the base model that the window keeps between runs (patina.core.models.cache)."""
+        from patina.core.models.cache import window_cache
+
+        cache = window_cache()
+        if self.monitor.is_running():
+            self.statusBar().showMessage("The running training uses the loaded model; free it when the run ends.",
+                                         8000)
+            return
+        name = cache.holds
+        cache.clear()
+        self.statusBar().showMessage(f"Freed the memory held by {name}." if name else
+                                     "No base model was kept in memory.", 8000)
 
     # -- dataset tab --------------------------------------------------------------------------------------------
 

@@ -66,9 +66,13 @@ def preload_torch_libraries() -> bool:
 
 
 def default_train(cfg: dict, emit, commands: Commands, *, resume: str | None = None) -> Finished:
-    """The real engine; called inside the worker thread."""
+    """The real engine; called inside the worker thread. The window keeps the loaded base model between runs
+    (patina.core.models.cache; "Free model memory" releases it)."""
+    from patina.core.models.cache import window_cache
+
     preload_torch_libraries()
-    return _engine_function("train", "training cannot start")(cfg, emit, commands, resume=resume)
+    return _engine_function("train", "training cannot start")(cfg, emit, commands, resume=resume,
+                                                              model_cache=window_cache())
 
 
 def default_plan(cfg: dict):

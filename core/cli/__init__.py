@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from patina.core import __version__
 from patina.core.errors import PatinaError
@@ -60,5 +61,41 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+# Commands that end by exiting at once once their files are written: after a training, tearing the interpreter
+# down (torch, diffusers, transformers and their thousands of objects) takes seconds and does nothing useful.
+FAST_EXIT_COMMANDS = ("train",)
+
+
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def console(argv: list[str] | None = None) -> NoReturn:
+    """The console entry point (``python -m patina.core``): :func:`main`, then :func:`exit_after`. Library
+    code and tests call :func:`main`, which always returns."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    exit_after(main(argv), argv)
+
+
+def exit_after(code: int, argv: list[str]) -> NoReturn:
+    """End a console run with *code*. After ``patina train`` (finished, stopped or a handled failure: the
+    engine has saved and closed every file) stdout, stderr and the logging handlers are flushed and the
+    process ends without the interpreter's teardown; anything else exits the ordinary way (an unexpected
+    exception never gets here)."""
+    if _command(argv) in FAST_EXIT_COMMANDS:
+        import logging
+        import os
+
+        loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        handlers = [h for lg in loggers for h in getattr(lg, "handlers", ())]
+        for stream in (*handlers, sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed stream or a broken pipe: nothing left to flush
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()

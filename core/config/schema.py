@@ -472,6 +472,10 @@ PARAMS: tuple[Param, ...] = (
       must_exist=True, ss_key="ss_vae_name"),
     P("vae_batch_size", "int", 0, "VAE batch size", "Images encoded at once while caching latents (0 = one batch).",
       "advanced", "Memory and speed", min=0, max=32, step=1),
+    P("cpu_threads", "int", 0, "CPU threads",
+      "Threads for training on the CPU (no CUDA GPU). 0 = automatic: OMP_NUM_THREADS when set, else the physical "
+      "cores less one for the window, at most 16. Ignored on a GPU.",
+      "advanced", "Memory and speed", min=0, max=256, step=1, kohya=False, preset=False),
 
     # ---- Advanced: captions ---------------------------------------------------------------------
     P("shuffle_caption", "bool", False, "Shuffle caption", "Shuffle comma-separated tags every step.",

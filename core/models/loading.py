@@ -51,6 +51,7 @@ from patina.core.models.detect import (
     weights_variant,
 )
 from patina.core.models.families import FAMILIES, FAMILY_NAMES
+from patina.core.models.streaming import convert_in_place
 from patina.core.paths import resources_dir
 
 __all__ = [
@@ -259,7 +260,7 @@ def _open_clip_from_ldm(sd: Mapping[str, torch.Tensor], prefix: str, n_layers: i
 
 
 def _text_encoder_from_ldm(sd: Mapping[str, torch.Tensor], config_dir: Path, subfolder: str, prefix: str,
-                           open_clip: bool, projection: bool, dtype: torch.dtype, source: str):
+                           open_clip: bool, projection: bool, dtype: torch.dtype, source: str, device=None):
     from accelerate import init_empty_weights
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -292,7 +293,7 @@ def _text_encoder_from_ldm(sd: Mapping[str, torch.Tensor], config_dir: Path, sub
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise PatinaError(f"{source}: the {what} does not match the expected architecture ({_short(exc)}).") from exc
-    model.to(dtype)
+    model.to(device=device, dtype=dtype)  # already there when streamed: a no-op
     _check_complete(model, what, source)
     return model.eval()
 
@@ -312,11 +313,11 @@ def _quiet_diffusers():
 
 
 def _single_file_component(cls, sd: Mapping[str, torch.Tensor], config_dir: Path, subfolder: str,
-                           dtype: torch.dtype, what: str, source: str):
+                           dtype: torch.dtype, what: str, source: str, device=None):
     try:
         with _quiet_diffusers():
             model = cls.from_single_file(dict(sd), config=str(config_dir), subfolder=subfolder,
-                                         local_files_only=True, torch_dtype=dtype)
+                                         local_files_only=True, torch_dtype=dtype, device=device)
     except PatinaError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure on a user file becomes one clear message
@@ -335,12 +336,25 @@ def _single_file_component(cls, sd: Mapping[str, torch.Tensor], config_dir: Path
 _OLD_VAE_ATTN = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
 
 
+def read_weights(p: Path, dtype_for, device=None) -> dict:
+    """A checkpoint's tensors in their target dtypes (``dtype_for(name)``) on *device*: a ``.safetensors``
+    file is streamed tensor by tensor (patina.core.models.streaming), a pickle is unpickled then converted."""
+    from patina.core.models.checkpoint_files import read_safetensors_header, sniff_format
+    from patina.core.models.streaming import convert_in_place, read_safetensors_to
+
+    kind = sniff_format(p)
+    if kind == "safetensors" or (kind is None and p.suffix.lower() == ".safetensors"):
+        read_safetensors_header(p)  # the clear message for a file that is not safetensors at all
+        return read_safetensors_to(p, dtype_for, device)
+    return convert_in_place(load_state_dict_safely(p), dtype_for, device)
+
+
 def load_vae(path: str | Path, *, family: str, dtype: torch.dtype | None = None,
-             config_dir: str | Path | None = None):
+             config_dir: str | Path | None = None, device=None):
     """Load a separate VAE: a single-file VAE in LDM layout (``.safetensors``/``.ckpt``/``.pt``, e.g.
     ``vae-ft-mse-840000``), a diffusers-layout VAE file (``diffusion_pytorch_model.safetensors``) or a
     diffusers ``vae`` folder. The architecture/scaling factor come from *family*'s config (dtype: float32 if
-    not given)."""
+    not given); the weights are read straight into *dtype* on *device*."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -362,9 +376,9 @@ def load_vae(path: str | Path, *, family: str, dtype: torch.dtype | None = None,
                                                     variant=weights_variant(p / sub if sub else p) or None)
         except Exception as exc:  # noqa: BLE001
             raise PatinaError(f"{p.name}: could not load the VAE folder ({_short(exc)}).") from exc
-        return vae.eval()
+        return vae.to(device).eval() if device is not None else vae.eval()
 
-    sd = load_state_dict_safely(p)
+    sd = read_weights(p, lambda _name: dtype, device)
     keys = list(sd)
     ldm = any(k.startswith(("encoder.down.", VAE_PREFIX + "encoder.", "vae.encoder.down.")) for k in keys)
     diffusers_layout = any(k.startswith("encoder.down_blocks.") for k in keys)
@@ -379,7 +393,7 @@ def load_vae(path: str | Path, *, family: str, dtype: torch.dtype | None = None,
                           "use 4 (it is probably an SD3 or FLUX VAE). Choose a matching VAE.")
     source = f"VAE {p.name}"
     if ldm:
-        return _single_file_component(AutoencoderKL, sd, cfg_dir, "vae", dtype, "VAE", source)
+        return _single_file_component(AutoencoderKL, sd, cfg_dir, "vae", dtype, "VAE", source, device)
     from accelerate import init_empty_weights
 
     state = {}
@@ -395,7 +409,7 @@ def load_vae(path: str | Path, *, family: str, dtype: torch.dtype | None = None,
     except RuntimeError as exc:
         raise PatinaError(f"{source}: the weights do not fit the {FAMILY_NAMES.get(family, family)} VAE "
                           f"({_short(exc)}).") from exc
-    torch.nn.Module.to(vae, dtype)
+    torch.nn.Module.to(vae, device=device, dtype=dtype)
     _check_complete(vae, "VAE", source)
     return vae.eval()
 
@@ -405,7 +419,8 @@ def load_vae(path: str | Path, *, family: str, dtype: torch.dtype | None = None,
 
 def load_base_model(path: str | Path, *, family: str | None = None, v_parameterization: bool | None = None,
                     vae_path: str | Path | None = None, dtype: torch.dtype | None = None,
-                    config_dir: str | Path | None = None) -> BaseModel:
+                    config_dir: str | Path | None = None, vae_dtype: torch.dtype | None = None,
+                    device=None) -> BaseModel:
     """Load a base model (UNet, VAE, text encoder(s), tokenizer(s), schedulers) fully offline.
 
     * ``family``: ``"sd1"``/``"sd2"``/``"sdxl"`` or ``None`` to detect. A value that contradicts the
@@ -417,11 +432,14 @@ def load_base_model(path: str | Path, *, family: str | None = None, v_parameteri
     * ``vae_path``: replace the model's VAE (see :func:`load_vae`).
     * ``config_dir``: diffusers config folder to use for a single-file checkpoint instead of the
       bundled one (tests, unusual models).
-    * ``dtype``: of the loaded weights; float32 if not given.
+    * ``dtype``: of the loaded weights; float32 if not given. ``vae_dtype``: the VAE's (default ``dtype``).
+    * ``device``: where the weights go (default CPU). A single file is read tensor by tensor straight into
+      these dtypes and onto this device, so under fp16/bf16 the weights never exist in fp32, nor twice.
     """
     import torch
 
     dtype = torch.float32 if dtype is None else dtype
+    vae_dtype = dtype if vae_dtype is None else vae_dtype
     p = Path(path).expanduser()
     if not p.exists():
         raise not_found_error(p)
@@ -449,41 +467,43 @@ def load_base_model(path: str | Path, *, family: str | None = None, v_parameteri
                           "in the VAE field.")
 
     if info.layout == "diffusers":
-        model = _load_diffusers(p, fam, v, vae_path, dtype, info, Path(config_dir) if config_dir else None)
+        model = _load_diffusers(p, fam, v, vae_path, (dtype, vae_dtype), info,
+                                Path(config_dir) if config_dir else None, device)
     else:
         cfg_dir = Path(config_dir) if config_dir else shipped_config_dir(fam, v)
-        if sd is None:
-            sd = load_state_dict_safely(p)
-        model = _load_single_file(sd, p, fam, v, vae_path, dtype, info, cfg_dir)
+
+        def dtype_for(name: str):
+            return vae_dtype if name.startswith(VAE_PREFIX) else dtype
+
+        sd = read_weights(p, dtype_for, device) if sd is None else convert_in_place(sd, dtype_for, device)
+        model = _load_single_file(sd, p, fam, v, vae_path, (dtype, vae_dtype), info, cfg_dir, device)
         del sd
     model.warnings.extend(warnings)
     return model
 
 
-def _load_single_file(sd: dict, p: Path, fam: str, v: bool, vae_path, dtype: torch.dtype, info: ModelInfo,
-                      cfg_dir: Path) -> BaseModel:
+def _load_single_file(sd: dict, p: Path, fam: str, v: bool, vae_path, dtypes: tuple, info: ModelInfo,
+                      cfg_dir: Path, device=None) -> BaseModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    dtype, vae_dtype = dtypes
     if not (cfg_dir / "unet" / "config.json").is_file():
         raise PatinaError(f"The model config folder {cfg_dir} is missing unet/config.json.")
     source = p.name
-    unet = _single_file_component(UNet2DConditionModel, sd, cfg_dir, "unet", dtype, "UNet", source)
+    unet = _single_file_component(UNet2DConditionModel, sd, cfg_dir, "unet", dtype, "UNet", source, device)
     if vae_path is not None:
-        vae = load_vae(vae_path, family=fam, dtype=dtype, config_dir=cfg_dir)
+        vae = load_vae(vae_path, family=fam, dtype=vae_dtype, config_dir=cfg_dir, device=device)
     else:
-        vae = _single_file_component(AutoencoderKL, sd, cfg_dir, "vae", dtype, "VAE", source)
-    if fam == "sdxl":
-        tes = [
-            _text_encoder_from_ldm(sd, cfg_dir, "text_encoder", SDXL_TE1_PREFIX, False, False, dtype, source),
-            _text_encoder_from_ldm(sd, cfg_dir, "text_encoder_2", SDXL_TE2_PREFIX, True, True, dtype, source),
-        ]
-        toks = [_tokenizer(cfg_dir / "tokenizer", fam), _tokenizer(cfg_dir / "tokenizer_2", fam, second=True)]
-    elif fam == "sd2":
-        tes = [_text_encoder_from_ldm(sd, cfg_dir, "text_encoder", SD2_TE_PREFIX, True, False, dtype, source)]
-        toks = [_tokenizer(cfg_dir / "tokenizer", fam)]
-    else:
-        tes = [_text_encoder_from_ldm(sd, cfg_dir, "text_encoder", SD1_TE_PREFIX, False, False, dtype, source)]
-        toks = [_tokenizer(cfg_dir / "tokenizer", fam)]
+        vae = _single_file_component(AutoencoderKL, sd, cfg_dir, "vae", vae_dtype, "VAE", source, device)
+    # (subfolder, checkpoint prefix, OpenCLIP layout, projection) of each text encoder
+    encoders = {"sdxl": [("text_encoder", SDXL_TE1_PREFIX, False, False),
+                         ("text_encoder_2", SDXL_TE2_PREFIX, True, True)],
+                "sd2": [("text_encoder", SD2_TE_PREFIX, True, False)],
+                "sd1": [("text_encoder", SD1_TE_PREFIX, False, False)]}[fam]
+    tes = [_text_encoder_from_ldm(sd, cfg_dir, sub, prefix, open_clip, proj, dtype, source, device)
+           for sub, prefix, open_clip, proj in encoders]
+    toks = [_tokenizer(cfg_dir / sub.replace("text_encoder", "tokenizer"), fam, second=i == 1)
+            for i, (sub, *_rest) in enumerate(encoders)]
     sched_cfg, noise = _scheduler_configs(read_json(cfg_dir / "scheduler" / "scheduler_config.json"), v)
     return BaseModel(family=fam, v_prediction=v, unet=unet, vae=vae, text_encoders=tes, tokenizers=toks,
                      noise_scheduler=noise, scheduler_config=sched_cfg, info=info, config_dir=cfg_dir)
@@ -498,9 +518,9 @@ def _from_pretrained(cls, folder: Path, subfolder: str, what: str, dtype: torch.
     _refuse_unsafe_pickles(sub)
     try:
         if transformers_model:
-            model = cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True,
+            model = cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True, dtype=dtype,
                                         **({"variant": variant} if variant else {}))
-            model.to(dtype)
+            model.to(dtype)  # modules transformers keeps in fp32 too
         else:
             with _quiet_diffusers():
                 model = cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True,
@@ -544,17 +564,18 @@ def zipfile_is_zip(path: Path) -> bool:
         return False
 
 
-def _load_diffusers(folder: Path, fam: str, v: bool, vae_path, dtype: torch.dtype, info: ModelInfo,
-                    config_dir: Path | None) -> BaseModel:
+def _load_diffusers(folder: Path, fam: str, v: bool, vae_path, dtypes: tuple, info: ModelInfo,
+                    config_dir: Path | None, device=None) -> BaseModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    dtype, vae_dtype = dtypes
     shipped = config_dir or shipped_config_dir(fam, v)
     unet = _from_pretrained(UNet2DConditionModel, folder, "unet", "UNet", dtype, False)
     if vae_path is not None:
-        vae = load_vae(vae_path, family=fam, dtype=dtype, config_dir=shipped)
+        vae = load_vae(vae_path, family=fam, dtype=vae_dtype, config_dir=shipped)
     else:
-        vae = _from_pretrained(AutoencoderKL, folder, "vae", "VAE", dtype, False)
+        vae = _from_pretrained(AutoencoderKL, folder, "vae", "VAE", vae_dtype, False)
     tes = [_from_pretrained(CLIPTextModel, folder, "text_encoder", "text encoder", dtype, True)]
     tok_dirs = [folder / "tokenizer"]
     if fam == "sdxl":
@@ -566,6 +587,9 @@ def _load_diffusers(folder: Path, fam: str, v: bool, vae_path, dtype: torch.dtyp
         if not d.is_dir():
             d = shipped / d.name  # fall back to the bundled tokenizer settings
         toks.append(_tokenizer(d, fam, second=i == 1))
+    if device is not None:
+        for m in (unet, vae, *tes):
+            m.to(device)
     sched_path = folder / "scheduler" / "scheduler_config.json"
     raw = read_json(sched_path if sched_path.is_file() else shipped / "scheduler" / "scheduler_config.json")
     sched_cfg, noise = _scheduler_configs(raw, v)

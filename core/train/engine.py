@@ -208,13 +208,14 @@ class Trainer:
     (patina.core.train.run), train step by step, save what the run produced (patina.core.train.outputs)."""
 
     def __init__(self, cfg: dict, emit: Emit | None, commands: Commands | None, resume: str | None,
-                 overwrite: bool = True):
+                 overwrite: bool = True, model_cache=None):
         self.raw_cfg = dict(cfg)
         self.cfg = self.raw_cfg         # the validated config once run() has planned the run
         self.report = Reporter(emit)
         self.commands = commands or Commands()
         self.resume_dir = Path(resume) if resume else (Path(cfg["resume"]) if cfg.get("resume") else None)
         self.overwrite = overwrite
+        self.model_cache = model_cache  # the window's patina.core.models.cache.ModelCache; None: load every run
         self.run_: Run | None = None   # built by run() before the loop
         self.quality = None            # the quality report (patina.core.train.quality), when on
         self.losses: deque = deque(maxlen=50)
@@ -258,6 +259,10 @@ class Trainer:
         acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=1, cpu=not torch.cuda.is_available(),
                           kwargs_handlers=[ddp])
         self.report.accelerator = acc
+        if acc.device.type == "cpu":  # a deliberate thread count (patina.core.train.threads)
+            from patina.core.train.threads import apply_threads
+
+            apply_threads(cfg["cpu_threads"])
 
         rp = make_plan(cfg, seed=resume_state["seed"] if resume_state else None, num_processes=acc.num_processes)
         self.cfg = cfg = rp.cfg
@@ -281,7 +286,7 @@ class Trainer:
             self.emit(plan_event(rp, run.base.family, problems))
             self.log(f"Seed {rp.seed}. {rp.total_steps} steps over {rp.epochs} epoch(s).")
 
-        self.run_ = run = build_run(cfg, rp, acc, self.report, loaded)
+        self.run_ = run = build_run(cfg, rp, acc, self.report, loaded, self.model_cache)
         if resume_state:
             state.load_state(run, self.resume_dir, resume_state)
         self.logs = outputs.RunLogs(cfg, run)
@@ -562,9 +567,10 @@ def _oom_message(cfg: dict) -> str:
 
 
 def train(cfg: dict, emit: Emit | None = None, commands: Commands | None = None, *, resume: str | None = None,
-          overwrite: bool = True) -> Finished:
-    """Run a training; never raises for user errors (see module docstring)."""
-    trainer = Trainer(cfg, emit, commands, resume, overwrite)
+          overwrite: bool = True, model_cache=None) -> Finished:
+    """Run a training; never raises for user errors (see module docstring). *model_cache* keeps the loaded
+    base model for the next run (the window's; see patina.core.models.cache)."""
+    trainer = Trainer(cfg, emit, commands, resume, overwrite, model_cache)
     try:
         result = trainer.run()
     except PatinaError as exc:

@@ -143,7 +143,11 @@ def check_device(cfg: Mapping[str, Any], device: DeviceInfo) -> list[Problem]:
             out.append(Problem("xformers", f"xformers attention {why}; sdpa (PyTorch's built-in memory-efficient "
                                "attention) does the same job", "xformers", fix={"xformers": "sdpa"}))
     if not device.cuda:
-        out.append(Problem("device", CPU_WARNING, None, "warning"))
+        from patina.core.train.threads import choose_threads
+
+        n, why = choose_threads(cfg.get("cpu_threads", 0))
+        out.append(Problem("device", f"{CPU_WARNING} (CPU training is for trying things out). It uses {n} CPU "
+                           f"thread(s) ({why}; Advanced → CPU threads)", None, "warning"))
     return out
 
 

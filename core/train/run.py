@@ -125,13 +125,15 @@ def empty_device_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def build_run(cfg: dict, plan, accelerator, report: Reporter, loaded: Callable[[Run], None]) -> Run:
+def build_run(cfg: dict, plan, accelerator, report: Reporter, loaded: Callable[[Run], None],
+              model_cache=None) -> Run:
     """Load the models, build the network and optimizer and fill the caches. *loaded* is called once the base
-    models are loaded (the engine announces the plan then, with the model family it found)."""
+    models are loaded (the engine announces the plan then, with the model family it found). *model_cache*
+    (a patina.core.models.cache.ModelCache, the window's) keeps the base model for the next run."""
     from patina.core.train import caching
 
     report.status("loading", f"Loading {Path(cfg['pretrained_model_name_or_path']).name}…")
-    run = _load_models(cfg, plan, accelerator, report)
+    run = _load_models(cfg, plan, accelerator, report, model_cache)
     loaded(run)
     _add_network(run)
     _add_optimizer(run)  # before caching: a missing optimizer package fails in seconds, not minutes
@@ -139,7 +141,7 @@ def build_run(cfg: dict, plan, accelerator, report: Reporter, loaded: Callable[[
     return run
 
 
-def _load_models(cfg: dict, plan, acc, report: Reporter) -> Run:
+def _load_models(cfg: dict, plan, acc, report: Reporter, model_cache=None) -> Run:
     import torch
     from diffusers.utils import logging as dlog
 
@@ -147,22 +149,36 @@ def _load_models(cfg: dict, plan, acc, report: Reporter) -> Run:
 
     dlog.set_verbosity_error()  # diffusers warns about float32 modules on every .to(dtype)
     family = None if cfg["model_family"] == "auto" else cfg["model_family"]
-    base = load_base_model(cfg["pretrained_model_name_or_path"], family=family,
-                           v_parameterization=cfg["v_parameterization"] or None,
-                           vae_path=cfg["vae"] or None, dtype=torch.float32)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
-    dev = acc.device
-    base.unet.to(dev, dtype=weight_dtype)
-    for te in base.text_encoders:
-        te.to(dev, dtype=weight_dtype)
-    no_half_vae = cfg["sdxl_no_half_vae"] and base.family == "sdxl"
+    # The VAE's dtype depends on the family (SDXL's "no half VAE"); the file's header tells it before loading.
+    no_half_vae = cfg["sdxl_no_half_vae"] and _family_of(cfg) == "sdxl"
     vae_dtype = torch.float32 if no_half_vae else weight_dtype
-    base.vae.to(dev, dtype=vae_dtype)
+    # Straight into the training dtypes and onto the device: under fp16/bf16 no fp32 copy ever exists.
+    settings = dict(family=family, v_parameterization=cfg["v_parameterization"] or None, dtype=weight_dtype,
+                    vae_dtype=vae_dtype, device=acc.device)
+    path, vae = cfg["pretrained_model_name_or_path"], cfg["vae"] or None
+    if model_cache is None:
+        base = load_base_model(path, vae_path=vae, **settings)
+    else:
+        base, reused = model_cache.load(load_base_model, path, vae_path=vae, **settings)
+        if reused:
+            report.log(f"Using the base model already loaded ({Path(path).name}, unchanged since the last run).")
     for m in [base.unet, base.vae, *base.text_encoders]:
         m.requires_grad_(False)
         m.eval()
     _set_attention(base.unet, cfg["xformers"])
     return Run(cfg, plan, acc, report, base, weight_dtype, vae_dtype)
+
+
+def _family_of(cfg: dict) -> str:
+    if cfg["model_family"] != "auto":
+        return cfg["model_family"]
+    from patina.core.models.detect import detect_family
+
+    try:
+        return detect_family(cfg["pretrained_model_name_or_path"]).family or "auto"
+    except PatinaError:
+        return "auto"  # loading will say what is wrong
 
 
 def _set_attention(unet, mode: str) -> None:
