@@ -25,6 +25,14 @@ def test_train_cli_then_verify(sd1_dir, tmp_path, capsys):
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "Training plan" in out.out and "Total steps: 3" in out.out
+    # each warning is printed once: as it is found, not again in the plan
+    printed = out.out + out.err
+    warnings = [line[len("warning: "):] for line in printed.splitlines() if line.startswith("warning: ")]
+    assert all(printed.count(w) == 1 for w in warnings), warnings
+    import torch
+
+    if not torch.cuda.is_available():
+        assert printed.count("no CUDA GPU found") == 1
     lora = tmp_path / "out" / "cli.safetensors"
     assert lora.exists() and "Your LoRA is" in out.out
     assert cli(["verify", str(lora)]) == 0
