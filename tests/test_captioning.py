@@ -293,6 +293,9 @@ def test_offline_and_unreachable_hub_give_the_one_line_message(tmp_path, monkeyp
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", "https://hub.invalid/{repo_id}/resolve/{revision}/{filename}")
+    from huggingface_hub.utils import _http
+
+    monkeypatch.setattr(_http.time, "sleep", lambda seconds: None)   # the hub client's back-off between retries
     with pytest.raises(files.ModelMissing) as failed:
         files.model_files(model, download_missing=True)
     assert "needs a download of about 1,880 MB from https://huggingface.co/Salesforce/blip-image-captioning-large" \
