@@ -156,14 +156,21 @@ class MainWindow(ConfigDocument, QMainWindow):
         self.device_label.setStyleSheet("color: #b26a00; padding: 0 8px;")
         self.device_label.hide()
         self.statusBar().addWidget(self.device_label)
+        self._device_notice = ""
+        self.statusBar().messageChanged.connect(self._sync_device_notice)
         # A notice is not worth an error: a failed check shows nothing.
         run_task(cpu_training_reason, owner=self, on_error=lambda exc: None,
                  on_done=lambda reason: reason and self._show_device_notice(reason))
 
     def _show_device_notice(self, text: str) -> None:
+        self._device_notice = text
         self.device_label.setText("⚠ " + text)
         self.device_label.setToolTip(text)
-        self.device_label.show()
+        self._sync_device_notice()
+
+    def _sync_device_notice(self, *_message) -> None:
+        """The notice shows while no status message does (they share the left of the status bar)."""
+        self.device_label.setVisible(bool(self._device_notice) and not self.statusBar().currentMessage())
 
     def _build_actions(self) -> None:
         st = self.style()

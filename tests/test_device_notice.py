@@ -50,3 +50,22 @@ def test_the_window_shows_the_notice(qtbot, monkeypatch, tmp_path):
     w.show()
     qtbot.waitUntil(lambda: w.device_label.isVisible(), timeout=5000)
     assert "Training would run on the CPU (test)" in w.device_label.text()
+
+
+def test_the_notice_never_shares_the_status_bar_with_a_message(qtbot, monkeypatch, tmp_path):
+    """A message shown while the check runs ("Opened …") keeps the notice hidden until it clears: the two
+    texts never lie on top of each other."""
+    monkeypatch.setenv("PATINA_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.setattr(device_notice, "cpu_training_reason", lambda: "Training would run on the CPU (test)")
+    from patina.gui.main_window import MainWindow
+
+    w = MainWindow(restore_session=False, detect_family=False)
+    qtbot.addWidget(w)
+    w.show()
+    w.statusBar().showMessage("Opened something.json")
+    qtbot.waitUntil(lambda: "(test)" in w.device_label.text(), timeout=5000)
+    assert not w.device_label.isVisible()
+    w.statusBar().clearMessage()
+    assert w.device_label.isVisible()
+    w.statusBar().showMessage("Saved.")
+    assert not w.device_label.isVisible()
