@@ -4,7 +4,7 @@
 #   1. creates a virtual environment next to the app (<app>/.venv), or checks the existing one,
 #   2. installs PyTorch: the CUDA build that fits the NVIDIA card and driver (packaging/pick_torch.py),
 #      the CPU build without an NVIDIA card,
-#   3. installs Patina and its libraries into it (pip install -e <app>); on a re-run every library is
+#   3. installs Patina and its libraries into it (pip install -e "<app>[captioning]"); on a re-run every library is
 #      upgraded, while PyTorch is kept when the right build is installed (no multi-GB download),
 #   4. checks the system libraries Qt's window needs and prints the command that installs missing ones,
 #   5. adds "Patina" to the applications menu (a .desktop entry and its icon).
@@ -227,7 +227,7 @@ if [ -n "$TORCH_NOW" ]; then
     say "libraries:   upgrading all; torch held at $TORCH_NOW"
 fi
 step "installing Patina and its libraries" "$NET_HINT" \
-    "$VPY" -m pip install --upgrade --upgrade-strategy eager -c "$CONSTRAINTS" -e "$APP_DIR" "${PIP_EXTRA[@]}"
+    "$VPY" -m pip install --upgrade --upgrade-strategy eager -c "$CONSTRAINTS" -e "$APP_DIR[captioning]" "${PIP_EXTRA[@]}"
 
 # --- checks that need the finished environment -----------------------------------------------------------
 if [ "$DRY_RUN" != "1" ]; then

@@ -6,7 +6,7 @@
 #      the app folder is too deep for PyTorch's long file names (it asks first), or checks the existing one,
 #   3. installs PyTorch: the CUDA build that fits the NVIDIA card and driver (packaging\pick_torch.py),
 #      the CPU build without an NVIDIA card,
-#   4. installs Patina and its libraries (pip install -e <app>); on a re-run every library is upgraded,
+#   4. installs Patina and its libraries (pip install -e "<app>[captioning]"); on a re-run every library is upgraded,
 #      while PyTorch is kept when the right build is installed (no multi-GB download),
 #   5. creates "Patina" shortcuts in the Start menu and on the desktop (no console window: pythonw.exe;
 #      when the window cannot start, Patina shows a message box and writes %LOCALAPPDATA%\Patina\launcher.log).
@@ -282,7 +282,7 @@ if (-not $DryRun) {
     if ($LASTEXITCODE -ne 0) { $torchNow = "" }
 }
 [System.IO.File]::WriteAllText($constraints, $(if ($torchNow) { "torch==$torchNow`n" } else { "" }), (New-Object System.Text.UTF8Encoding($false)))
-Invoke-Step "installing Patina and its libraries" $NetHint $VenvPython @("-m", "pip", "install", "--upgrade", "--upgrade-strategy", "eager", "-c", $constraints, "-e", $AppDir)
+Invoke-Step "installing Patina and its libraries" $NetHint $VenvPython @("-m", "pip", "install", "--upgrade", "--upgrade-strategy", "eager", "-c", $constraints, "-e", ($AppDir + "[captioning]"))
 Remove-Item -LiteralPath $constraints -ErrorAction SilentlyContinue
 
 if (-not $DryRun) {

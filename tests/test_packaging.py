@@ -109,7 +109,7 @@ def test_linux_installer_dry_run_in_a_path_with_spaces_and_accents(tmp_path):
     assert cmds[2] == [f"{venv}/bin/python", "-m", "pip", "install", "torch", "--index-url",
                        "https://download.pytorch.org/whl/cu130"]
     assert cmds[3][:7] == [f"{venv}/bin/python", "-m", "pip", "install", "--upgrade", "--upgrade-strategy", "eager"]
-    assert cmds[3][7] == "-c" and cmds[3][9:] == ["-e", str(app)]
+    assert cmds[3][7] == "-c" and cmds[3][9:] == ["-e", f"{app}[captioning]"]   # with the WD14 tagger's runtime
     assert "RTX 4070" in out and "compute capability 8.9" in out and "dry run" in out
     assert not (app / ".venv").exists()  # nothing was created or downloaded
 
@@ -252,7 +252,7 @@ def test_windows_scripts_quote_every_path():
     assert all(b < 128 for b in ps1), "install-windows.ps1 must stay ASCII (PowerShell 5.1 reads it as ANSI)"
     text = ps1.decode("ascii")
     assert "pick_torch.py" in text and "Win32_VideoController" in text
-    assert '"-e", $AppDir' in text and "pythonw.exe" in text and "-LiteralPath" in text
+    assert '"-e", ($AppDir + "[captioning]")' in text and "pythonw.exe" in text and "-LiteralPath" in text
     for bat in ("install-windows.bat", "patina.bat", "uninstall-windows.bat"):
         raw = (PKG / bat).read_bytes()
         assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b""), f"{bat} needs CRLF line endings"
