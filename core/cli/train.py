@@ -50,13 +50,16 @@ class Printer:
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.bar = None
+        self.warned: set[str] = set()   # warnings already printed: the plan does not print them again
 
     def __call__(self, ev) -> None:
         from patina.core.train import events as E
 
         if isinstance(ev, E.Plan):
-            print(ev.text, flush=True)
+            print(self._plan_text(ev.text), flush=True)
         elif isinstance(ev, E.Log):
+            if ev.level == "warning":
+                self.warned.add(ev.text.strip())
             self._write(("warning: " if ev.level == "warning" else "") + ev.text)
         elif isinstance(ev, E.Status) and ev.phase not in ("training", "done"):
             self._write(ev.text)
@@ -83,6 +86,12 @@ class Printer:
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
+
+    def _plan_text(self, text: str) -> str:
+        """The plan without the warnings printed just before it (its "Warnings:" heading goes when empty)."""
+        lines = [ln for ln in text.splitlines() if ln.strip() not in self.warned]
+        return "\n".join(ln for i, ln in enumerate(lines)
+                         if not (ln.strip() == "Warnings:" and (i + 1 == len(lines) or not lines[i + 1].startswith("    "))))
 
     def _write(self, text: str) -> None:
         if self.bar is not None:

@@ -97,10 +97,7 @@ def make_plan(cfg: dict, *, seed: int | None = None, num_processes: int = 1) -> 
     return RunPlan(cfg, scan, data, seed, batches, spe, epochs, total, out, warnings)
 
 
-def plan_event(rp: RunPlan, family: str = "auto", problems: list | None = None, vram=None, *,
-               warnings_logged: bool = False) -> Plan:
-    """The plan as an event. *warnings_logged*: a run has already logged its warnings one by one, so its plan
-    text does not list them a second time."""
+def plan_event(rp: RunPlan, family: str = "auto", problems: list | None = None, vram=None) -> Plan:
     from patina.core.dataset.summary import captions_text, scan_arithmetic
 
     scan, cfg = rp.scan, rp.cfg
@@ -137,7 +134,7 @@ def plan_event(rp: RunPlan, family: str = "auto", problems: list | None = None, 
     from patina.core.train.preflight import describe
 
     other += [describe(p) for p in problems if p.severity != "error"]
-    if other and not warnings_logged:
+    if other:
         lines.append("  Warnings:")
         lines += [f"    {w}" for w in other]
     errs = [p for p in problems if p.severity == "error"]
@@ -286,7 +283,7 @@ class Trainer:
             for w in long_caption_warnings(run):
                 rp.warnings.append(w)
                 self.log(w, "warning")
-            self.emit(plan_event(rp, run.base.family, problems, warnings_logged=True))
+            self.emit(plan_event(rp, run.base.family, problems))
             self.log(f"Seed {rp.seed}. {rp.total_steps} steps over {rp.epochs} epoch(s).")
 
         self.run_ = run = build_run(cfg, rp, acc, self.report, loaded, self.model_cache)
