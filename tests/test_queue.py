@@ -149,6 +149,32 @@ def test_only_one_process_runs_the_queue(tmp_path):
         assert json.loads(q.lock_path.read_text(encoding="utf-8"))["pid"] == os.getpid()
 
 
+def test_a_lock_is_complete_the_moment_it_appears(tmp_path, monkeypatch):
+    """Another process that looks at the lock file right after it is created must see who holds it; a
+    half-written lock would look stale to it and be taken over."""
+    from patina.core.train import queue as queue_mod
+
+    q = TrainingQueue()
+    seen = []
+    real_link, real_open = os.link, os.open
+
+    def link(src, dst, *a, **k):
+        real_link(src, dst, *a, **k)
+        seen.append(queue_mod.lock_holder(q.lock_path))
+
+    def open_(path, flags, *a, **k):
+        fd = real_open(path, flags, *a, **k)
+        if str(path) == str(q.lock_path):
+            seen.append(queue_mod.lock_holder(q.lock_path))
+        return fd
+
+    monkeypatch.setattr(queue_mod.os, "link", link)
+    monkeypatch.setattr(queue_mod.os, "open", open_)
+    with QueueLock(q, "the Patina window"):
+        assert seen and all(h == {"pid": os.getpid(), "by": "the Patina window"} for h in seen), seen
+    assert not q.lock_path.exists() and not list(q.lock_path.parent.glob("*.tmp"))
+
+
 # --- the command line ---------------------------------------------------------------------------------------
 
 def test_queue_cli_add_list_move_remove_clear(tmp_path, capsys):

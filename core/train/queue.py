@@ -327,7 +327,7 @@ class QueueLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create()
             except FileExistsError:
                 holder = lock_holder(self.path)
                 if holder is None:  # left by a process that no longer runs: take it over
@@ -339,11 +339,28 @@ class QueueLock:
                     return self
                 raise PatinaError(f"The queue is already running in {holder['by'] or 'another Patina'} (process "
                                   f"{holder['pid']}); wait for it to finish or stop it there.") from None
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps({"pid": os.getpid(), "by": self.by}))
             self.held = True
             return self
         raise PatinaError(f"Could not lock the queue ({self.path}); try again.")
+
+    def _create(self) -> None:
+        """Create the lock file with its content complete the moment it appears (written aside, then linked:
+        a link never replaces an existing file), so another process never reads a half-written lock and takes
+        it for a stale one. FileExistsError when a lock is there."""
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "by": self.by}), encoding="utf-8")
+        try:
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links: exclusive create, then write
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(tmp.read_text(encoding="utf-8"))
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def release(self) -> None:
         if self.held:
